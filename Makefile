@@ -1,0 +1,41 @@
+# Set-up is two commands on a fresh Debian/Ubuntu machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+# Debian packages the tests, the demo and the benchmark use.
+OS_PACKAGES := orthanc orthanc-dicomweb python3-venv
+
+.PHONY: test lint demo os-packages venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { $(APT) update && $(APT) install -y python3 python3-venv; }
+	$(PYTHON) -m venv $(VENV) || { $(APT) update && $(APT) install -y python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+os-packages:
+	@missing=""; for p in $(OS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(APT) update && $(APT) install -y --no-install-recommends $$missing; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/mypy
+
+test: os-packages $(STAMP) lint
+	$(BIN)/pytest
+
+demo: os-packages $(STAMP)
+	$(BIN)/python -m demo
+
+clean:
+	rm -rf $(VENV) .dicomweb-proxy .pytest_cache .mypy_cache .ruff_cache

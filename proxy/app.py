@@ -1,0 +1,158 @@
+"""``create_app(settings)``: routes, middlewares and the resources they share.
+
+Reads no environment: everything comes from the frozen :class:`Settings`.  Resources
+(the upstream session, the cache, ...) live in ``cleanup_ctx`` under typed AppKeys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from proxy import exchange as exchanges
+from proxy import forward
+from proxy.errors import PROBLEM_JSON, NotFound, ProxyError, ShuttingDown
+from proxy.health import Readiness
+from proxy.settings import Settings
+from proxy.upstream import Upstream
+
+log = logging.getLogger("dicomweb_proxy")
+
+SETTINGS = web.AppKey("settings", Settings)
+UPSTREAM = web.AppKey("upstream", Upstream)
+READINESS = web.AppKey("readiness", Readiness)
+STOPPING = web.AppKey("stopping", asyncio.Event)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[problem_middleware, cors_middleware],
+        client_max_size=0,
+        handler_args={"max_field_size": 16384, "max_line_size": 16384},
+    )
+    app[SETTINGS] = settings
+    app[STOPPING] = asyncio.Event()
+    app.cleanup_ctx.append(_upstream_ctx)
+    app.on_shutdown.append(_mark_stopping)
+    app.on_response_prepare.append(_cors_headers)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    base = settings.base_path
+    app.router.add_route("*", base, dicomweb)
+    app.router.add_route("*", base + "/{tail:.*}", dicomweb)
+    return app
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    upstream = Upstream(app[SETTINGS])
+    app[UPSTREAM] = upstream
+    app[READINESS] = Readiness(app[SETTINGS], upstream)
+    yield
+    await upstream.close()
+
+
+async def _mark_stopping(app: web.Application) -> None:
+    app[STOPPING].set()
+
+
+# -- handlers -----------------------------------------------------------------------
+
+
+async def dicomweb(request: web.Request) -> web.StreamResponse:
+    """Every request under the DICOMweb base."""
+    app = request.app
+    if app[STOPPING].is_set():
+        raise ShuttingDown("the proxy is shutting down")
+    settings = app[SETTINGS]
+    exchange = exchanges.build(request, settings, pass_credentials=False)
+    request[exchanges.EXCHANGE] = exchange
+    return await forward.forward(request, exchange, app[UPSTREAM], settings.max_body)
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    report = await request.app[READINESS].check()
+    return web.json_response(report, status=200 if report["ready"] else 503)
+
+
+# -- middlewares --------------------------------------------------------------------
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render the proxy's own errors as RFC 9457 problem documents (SPEC section 2)."""
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        return problem_response(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = NotFound("no such route") if exc.status == 404 else ProxyError(exc.reason)
+        error.status = exc.status
+        error.title = exc.reason
+        return problem_response(request, error)
+
+
+def problem_response(request: web.Request, error: ProxyError) -> web.Response:
+    exchange = request.get(exchanges.EXCHANGE)
+    rid = exchange.request_id if exchange else exchanges.request_id(request)
+    if error.status >= 500:
+        log.warning(
+            "%s %s -> %d %s [%s]", request.method, request.path, error.status, error.detail, rid
+        )
+    return web.Response(
+        status=error.status,
+        body=error.problem(rid, request.path),
+        content_type=PROBLEM_JSON,
+        headers={**error.headers, "X-Request-ID": rid},
+    )
+
+
+_PREFLIGHT_HEADERS = "Accept, Authorization, Content-Type, Cache-Control, X-Request-ID"
+_EXPOSED = "Content-Location, Location, Warning, X-Cache, X-Request-ID, ETag"
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer CORS preflights locally (``--cors-origins``); others pass on."""
+    allowed = request.app[SETTINGS].cors_origins
+    is_preflight = (
+        request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+    )
+    if not allowed or not is_preflight or "Origin" not in request.headers:
+        return await handler(request)
+    if not _origin_allowed(allowed, request.headers["Origin"]):
+        raise web.HTTPForbidden(reason="origin not allowed")
+    requested = request.headers.get("Access-Control-Request-Headers", _PREFLIGHT_HEADERS)
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Methods": "GET, HEAD, POST, DELETE, OPTIONS",
+            "Access-Control-Allow-Headers": requested,
+            "Access-Control-Max-Age": "600",
+        },
+    )
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Echo an allowed ``Origin`` on every response, streamed ones included."""
+    allowed = request.app[SETTINGS].cors_origins
+    origin = request.headers.get("Origin")
+    if not allowed or not origin or not _origin_allowed(allowed, origin):
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = _EXPOSED
+    response.headers.add("Vary", "Origin")
+
+
+def _origin_allowed(allowed: tuple[str, ...], origin: str) -> bool:
+    return "*" in allowed or origin in allowed

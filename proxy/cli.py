@@ -1,0 +1,91 @@
+"""The ``dicomweb-proxy`` command: parse the command line, run a subcommand.
+
+Only this module turns flags, ``DICOMWEB_PROXY_*`` and the TOML file into
+:class:`Settings`; an invalid value stops start-up with one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+
+from proxy import __version__, settings
+from proxy.app import create_app
+from proxy.settings import Settings, SettingsError
+
+log = logging.getLogger("dicomweb_proxy")
+
+SUBCOMMANDS = ("serve", "check")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicomweb-proxy",
+        description="Caching reverse proxy and sidecar for DICOMweb (QIDO-RS, WADO-RS, STOW-RS).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the proxy (the default)")
+    settings.add_arguments(serve)
+    check = commands.add_parser("check", help="check the configuration and the upstream")
+    settings.add_arguments(check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or (args[0] not in SUBCOMMANDS and args[0] not in {"-h", "--help", "--version"}):
+        args.insert(0, "serve")
+    flags = build_parser().parse_args(args)
+    try:
+        config = settings.load(flags, os.environ)
+    except SettingsError as exc:
+        print(f"dicomweb-proxy: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config)
+    runner: Callable[[Settings], int] = {"serve": serve, "check": check}[flags.command]
+    return runner(config)
+
+
+def configure_logging(config: Settings) -> None:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(config: Settings) -> int:
+    log.info("starting with %s", config.masked())
+    web.run_app(
+        create_app(config),
+        host=config.listen_host,
+        port=config.listen_port,
+        shutdown_timeout=config.shutdown_grace,
+        access_log=None,
+        print=None,
+    )
+    return 0
+
+
+def check(config: Settings) -> int:
+    from proxy.health import Readiness
+    from proxy.upstream import Upstream
+
+    async def probe() -> dict[str, object]:
+        upstream = Upstream(config)
+        try:
+            return await Readiness(config, upstream).check()
+        finally:
+            await upstream.close()
+
+    report = asyncio.run(probe())
+    for key, value in report.items():
+        print(f"{key}: {value}")
+    return 0 if report["ready"] else 1

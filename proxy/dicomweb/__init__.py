@@ -1,0 +1,1 @@
+"""The pure DICOMweb domain (PS3.18): no server imports below this package."""

@@ -1,0 +1,112 @@
+"""One client request as the proxy sees it: resource, upstream URL, public base, id.
+
+Built once per request by :func:`build`, then used by the forwarding, cache and STOW
+code, so that path checks, classification and URL derivation happen in one place.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy import headers as hdrs
+from proxy.dicomweb.rewrite import Rewriter
+from proxy.dicomweb.uri import InvalidPath, Resource, check_path, classify
+from proxy.errors import BadRequest
+from proxy.settings import Settings
+
+# A request id we accept from a client: short, printable, no separators that could
+# forge a log line or a header.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_HOST = re.compile(r"^[A-Za-z0-9.\-_~%]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+_SCHEMES = frozenset({"http", "https"})
+
+
+@dataclass(frozen=True)
+class Exchange:
+    request_id: str
+    resource: Resource
+    relative_path: str
+    upstream_url: URL
+    rewriter: Rewriter
+    upstream_headers: CIMultiDict[str]
+
+
+EXCHANGE = web.RequestKey("exchange", Exchange)
+
+
+def request_id(request: web.Request) -> str:
+    """The client's ``X-Request-ID`` when it is well formed, else a fresh one."""
+    given = request.headers.get("X-Request-ID", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def relative_raw_path(request: web.Request, base_path: str) -> str:
+    """The still-encoded path below the base; refuses traversal (SPEC section 2)."""
+    raw = request.raw_path.split("?", 1)[0]
+    try:
+        check_path(raw)
+    except InvalidPath as exc:
+        raise BadRequest(str(exc)) from None
+    return raw[len(base_path) :].lstrip("/")
+
+
+def public_base(request: web.Request, settings: Settings) -> str:
+    """The proxy's external DICOMweb base for this request (SPEC section 1)."""
+    if settings.public_url:
+        return settings.public_url
+    scheme, host = request.scheme, request.host
+    if settings.trust_forwarded:
+        scheme, host = _forwarded(request, scheme, host)
+    if scheme not in _SCHEMES or not _HOST.match(host):
+        raise BadRequest("invalid Host header")
+    return f"{scheme}://{host}{settings.base_path}"
+
+
+def _forwarded(request: web.Request, scheme: str, host: str) -> tuple[str, str]:
+    """RFC 7239 ``Forwarded`` first, then ``X-Forwarded-Proto/Host``."""
+    if request.forwarded:
+        first = request.forwarded[0]
+        return first.get("proto", scheme).lower(), first.get("host", host)
+    proto = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip().lower()
+    forwarded_host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    return proto, forwarded_host
+
+
+@functools.lru_cache(maxsize=64)
+def rewriter_for(upstream_base: str, public: str) -> Rewriter:
+    """Compiled once per public base: a proxy sees few host names."""
+    return Rewriter(upstream_base, public)
+
+
+def build(request: web.Request, settings: Settings, *, pass_credentials: bool) -> Exchange:
+    rid = request_id(request)
+    relative = relative_raw_path(request, settings.base_path)
+    try:
+        resource = classify(URL.build(path="/" + relative, encoded=True).path, request.method)
+    except InvalidPath as exc:
+        raise BadRequest(str(exc)) from None
+    upstream = URL(settings.upstream_url)
+    path = upstream.raw_path.rstrip("/") + "/" + relative
+    upstream_url = upstream.with_path(path, encoded=True)
+    if request.query_string:
+        upstream_url = URL(f"{upstream_url}?{request.raw_path.split('?', 1)[1]}", encoded=True)
+    return Exchange(
+        request_id=rid,
+        resource=resource,
+        relative_path=relative,
+        upstream_url=upstream_url,
+        rewriter=rewriter_for(settings.upstream_url, public_base(request, settings)),
+        upstream_headers=hdrs.upstream_request_headers(
+            request.headers,
+            peer=request.remote,
+            request_id=rid,
+            pass_credentials=pass_credentials,
+        ),
+    )

@@ -1,0 +1,119 @@
+"""Stream a request to the upstream and its response back, rewriting URLs on the way.
+
+Bodies are never read whole: the request body is handed to the upstream as an async
+iterator and the response is written chunk by chunk (SPEC section 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy import headers as hdrs
+from proxy.dicomweb.rewrite import Rewriter, carries_urls
+from proxy.errors import PayloadTooLarge, UpstreamError
+from proxy.exchange import Exchange
+from proxy.upstream import CHUNK, Upstream, iter_body
+
+_COMPRESSIBLE = ("json",)
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+REWRITE = web.ResponseKey("rewrite", bool)
+
+
+def request_body(request: web.Request, max_body: int) -> AsyncIterable[bytes] | None:
+    """The client body as a stream, bounded by ``--max-body`` (413 beyond it)."""
+    if not request.body_exists:
+        return None
+    if max_body and (request.content_length or 0) > max_body:
+        raise PayloadTooLarge(f"the request body exceeds {max_body} bytes")
+    return _bounded(request, max_body)
+
+
+async def _bounded(request: web.Request, max_body: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        seen += len(chunk)
+        if max_body and seen > max_body:
+            raise PayloadTooLarge(f"the request body exceeds {max_body} bytes")
+        yield chunk
+
+
+async def forward(
+    request: web.Request, exchange: Exchange, upstream: Upstream, max_body: int
+) -> web.StreamResponse:
+    """Pass one request through, uncached."""
+    body = request_body(request, max_body)
+    async with upstream.request(
+        request.method, exchange.upstream_url, exchange.upstream_headers, body
+    ) as response:
+        client = start_response(
+            request,
+            response.status,
+            response.headers,
+            exchange.rewriter,
+            request_id=exchange.request_id,
+        )
+        await client.prepare(request)
+        await relay(request, client, iter_body(response), exchange.rewriter)
+        return client
+
+
+def start_response(
+    request: web.Request,
+    status: int,
+    source: Headers,
+    rewriter: Rewriter,
+    *,
+    request_id: str,
+) -> web.StreamResponse:
+    """A response with the upstream's status and cleaned, rewritten headers."""
+    content_type = source.get("Content-Type", "")
+    rewrite = carries_urls(content_type)
+    compress = _should_compress(request, content_type, source)
+    headers = hdrs.client_response_headers(
+        source, rewriter, request_id=request_id, keep_length=not (rewrite or compress)
+    )
+    response = web.StreamResponse(status=status, headers=headers)
+    response[REWRITE] = rewrite
+    if compress:
+        response.enable_compression(web.ContentCoding.gzip)
+    return response
+
+
+async def relay(
+    request: web.Request,
+    response: web.StreamResponse,
+    chunks: AsyncIterable[bytes],
+    rewriter: Rewriter,
+) -> None:
+    """Write ``chunks`` to the prepared response; on a broken upstream body, cut the
+    client connection so the client sees an error rather than a short body presented
+    as complete."""
+    stream = rewriter.stream() if response[REWRITE] else None
+    try:
+        async for chunk in chunks:
+            await response.write(stream.feed(chunk) if stream else chunk)
+        if stream:
+            await response.write(stream.flush())
+    except UpstreamError:
+        abort(request)
+        raise
+    await response.write_eof()
+
+
+def abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def _should_compress(request: web.Request, content_type: str, upstream: Headers) -> bool:
+    """gzip JSON towards clients that accept it, unless the upstream already encoded it."""
+    if "Content-Encoding" in upstream or request.method == "HEAD":
+        return False
+    if "gzip" not in request.headers.get("Accept-Encoding", "").lower():
+        return False
+    main = content_type.split(";", 1)[0].lower()
+    return any(word in main for word in _COMPRESSIBLE)

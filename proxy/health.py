@@ -1,0 +1,68 @@
+"""Readiness (SPEC section 2): upstream reachable with its auth, data dirs writable.
+
+The upstream is asked at most once per :data:`INTERVAL` seconds whatever the probe
+rate, and concurrent probes share one check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from proxy.errors import UpstreamError
+from proxy.settings import Settings
+from proxy.upstream import Upstream
+
+INTERVAL = 5.0
+
+
+class Readiness:
+    def __init__(self, settings: Settings, upstream: Upstream) -> None:
+        self._settings = settings
+        self._upstream = upstream
+        self._lock = asyncio.Lock()
+        self._checked_at = -INTERVAL
+        self._report: dict[str, object] = {}
+
+    async def check(self) -> dict[str, object]:
+        async with self._lock:
+            if time.monotonic() - self._checked_at >= INTERVAL:
+                self._report = await self._probe()
+                self._checked_at = time.monotonic()
+            return self._report
+
+    async def _probe(self) -> dict[str, object]:
+        upstream = await self._probe_upstream()
+        writable = all(_writable(path) for path in self._paths())
+        return {
+            "ready": upstream == "ok" and writable,
+            "upstream": upstream,
+            "storage": "ok" if writable else "not writable",
+        }
+
+    def _paths(self) -> list[Path]:
+        if self._settings.no_cache:
+            return [self._settings.spool_path]
+        return [self._settings.cache_path, self._settings.spool_path]
+
+    async def _probe_upstream(self) -> str:
+        """One QIDO-RS query with the configured auth: the cheapest real round trip."""
+        url = self._upstream.base / "studies"
+        try:
+            async with self._upstream.request(
+                "GET", url.with_query(limit="1"), {"Accept": "application/dicom+json"}
+            ) as response:
+                return "ok" if response.status < 300 else f"HTTP {response.status}"
+        except UpstreamError as exc:
+            return exc.title
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,114 @@
+"""Synthetic DICOM test data: CT series of any size, made with pydicom, no downloads."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+
+@dataclass
+class Study:
+    uid: str = field(default_factory=generate_uid)
+    series: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
+
+    @property
+    def instances(self) -> list[tuple[str, str, bytes]]:
+        """(series UID, SOP Instance UID, Part 10 bytes) for every instance."""
+        return [
+            (series_uid, sop_uid, data)
+            for series_uid, items in self.series.items()
+            for sop_uid, data in items
+        ]
+
+
+def make_instance(
+    study_uid: str,
+    series_uid: str,
+    number: int,
+    *,
+    rows: int = 512,
+    columns: int = 512,
+    sop_uid: str | None = None,
+    patient_name: str = "Doe^Jane",
+) -> bytes:
+    """One CT image (16-bit, ``rows`` x ``columns``) as DICOM Part 10 bytes."""
+    sop_uid = sop_uid or generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.PatientName = patient_name
+    ds.PatientID = "SYN-0001"
+    ds.StudyDate = "20261120"
+    ds.StudyTime = "120000"
+    ds.AccessionNumber = "ACC0001"
+    ds.StudyID = "1"
+    ds.Modality = "CT"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = number
+    ds.ImagePositionPatient = [0.0, 0.0, float(number)]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.SliceThickness = 1.0
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.WindowCenter = 40
+    ds.WindowWidth = 400
+    ds.PixelData = _pixels(rows, columns, number)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _pixels(rows: int, columns: int, seed: int) -> bytes:
+    """A diagonal gradient that differs per slice: 16-bit little endian, 12 bits used."""
+    ramp = b"".join(((x * 16 + seed * 64) % 4096).to_bytes(2, "little") for x in range(256))
+    line = (ramp * (columns // 256 + 2))[: columns * 2 + 512]
+    return b"".join(line[(y % 256) * 2 : (y % 256) * 2 + columns * 2] for y in range(rows))
+
+
+def make_study(
+    series_count: int = 1,
+    instances_per_series: int = 3,
+    *,
+    rows: int = 64,
+    columns: int = 64,
+    patient_name: str = "Doe^Jane",
+) -> Study:
+    """A study with ``series_count`` series of ``instances_per_series`` instances."""
+    study = Study()
+    for _ in range(series_count):
+        series_uid = generate_uid()
+        items = []
+        for number in range(1, instances_per_series + 1):
+            sop_uid = generate_uid()
+            data = make_instance(
+                study.uid,
+                series_uid,
+                number,
+                rows=rows,
+                columns=columns,
+                sop_uid=sop_uid,
+                patient_name=patient_name,
+            )
+            items.append((sop_uid, data))
+        study.series[series_uid] = items
+    return study

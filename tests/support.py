@@ -1,0 +1,80 @@
+"""Run the proxy for tests: in a background thread with its own event loop.
+
+A thread (not the test's loop) lets synchronous clients such as ``dicomweb-client``
+talk to it, and keeps start-up in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.settings import Settings
+from tests.orthanc import free_port
+
+
+class ProxyThread:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.app: web.Application | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.listen_port}"
+
+    @property
+    def dicomweb(self) -> str:
+        return self.url + self.settings.base_path
+
+    def start(self) -> ProxyThread:
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError("proxy did not start")
+        if self._error:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.app = create_app(self.settings)
+        runner = web.AppRunner(self.app, access_log=None)
+        try:
+            self.loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, "127.0.0.1", self.settings.listen_port)
+            self.loop.run_until_complete(site.start())
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+        self.loop.close()
+
+    def call(self, coroutine: Any) -> Any:
+        """Run a coroutine on the proxy's loop (e.g. to inspect the cache)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(30)
+
+
+def make_settings(upstream_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    base = Settings(
+        upstream_url=upstream_url,
+        listen=f"127.0.0.1:{free_port()}",
+        data_dir=str(data_dir),
+    )
+    return dataclasses.replace(base, **overrides)
