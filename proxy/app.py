@@ -14,6 +14,7 @@ from aiohttp import web
 
 from proxy import exchange as exchanges
 from proxy import forward
+from proxy.admin import ADMIN_TOKEN, load_admin_token
 from proxy.errors import PROBLEM_JSON, NotFound, ProxyError, ShuttingDown
 from proxy.health import Readiness
 from proxy.settings import Settings
@@ -25,6 +26,9 @@ SETTINGS = web.AppKey("settings", Settings)
 UPSTREAM = web.AppKey("upstream", Upstream)
 READINESS = web.AppKey("readiness", Readiness)
 STOPPING = web.AppKey("stopping", asyncio.Event)
+# Async callbacks told which studies a STOW changed (the cache drops their entries).
+StudiesChanged = Callable[[set[str]], Awaitable[None]]
+STUDIES_CHANGED = web.AppKey("studies_changed", list[StudiesChanged])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,6 +41,10 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[STOPPING] = asyncio.Event()
+    app[STUDIES_CHANGED] = []
+    token = load_admin_token(settings)
+    if token:
+        app[ADMIN_TOKEN] = token
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_shutdown.append(_mark_stopping)
     app.on_response_prepare.append(_cors_headers)
