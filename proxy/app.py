@@ -15,6 +15,10 @@ from aiohttp import web
 from proxy import exchange as exchanges
 from proxy import forward
 from proxy.admin import ADMIN_TOKEN, load_admin_token
+from proxy.cache import routes as cache_routes
+from proxy.cache.routes import CACHE
+from proxy.cache.service import Cache
+from proxy.cache.store import Store
 from proxy.errors import PROBLEM_JSON, NotFound, ProxyError, ShuttingDown
 from proxy.health import Readiness
 from proxy.settings import Settings
@@ -29,6 +33,9 @@ STOPPING = web.AppKey("stopping", asyncio.Event)
 # Async callbacks told which studies a STOW changed (the cache drops their entries).
 StudiesChanged = Callable[[set[str]], Awaitable[None]]
 STUDIES_CHANGED = web.AppKey("studies_changed", list[StudiesChanged])
+
+# Every client shares one cache partition unless --upstream-auth passthrough.
+SHARED_PARTITION = "shared"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,6 +53,9 @@ def create_app(settings: Settings) -> web.Application:
     if token:
         app[ADMIN_TOKEN] = token
     app.cleanup_ctx.append(_upstream_ctx)
+    if not settings.no_cache:
+        app.cleanup_ctx.append(_cache_ctx)
+        cache_routes.add_routes(app)
     app.on_shutdown.append(_mark_stopping)
     app.on_response_prepare.append(_cors_headers)
     app.router.add_get("/healthz", healthz)
@@ -64,6 +74,16 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     await upstream.close()
 
 
+async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = Store.open(settings.cache_path, settings.cache_size)
+    cache = Cache(settings, store, app[UPSTREAM])
+    app[CACHE] = cache
+    app[STUDIES_CHANGED].append(cache.studies_changed)
+    yield
+    await cache.close()
+
+
 async def _mark_stopping(app: web.Application) -> None:
     app[STOPPING].set()
 
@@ -79,6 +99,10 @@ async def dicomweb(request: web.Request) -> web.StreamResponse:
     settings = app[SETTINGS]
     exchange = exchanges.build(request, settings, pass_credentials=False)
     request[exchanges.EXCHANGE] = exchange
+    cache = app.get(CACHE)
+    policy = cache.policy_for(request, exchange, SHARED_PARTITION) if cache else None
+    if cache is not None and policy is not None:
+        return await cache.handle(request, exchange, policy)
     return await forward.forward(request, exchange, app[UPSTREAM], settings.max_body)
 
 

@@ -42,9 +42,14 @@ async def _bounded(request: web.Request, max_body: int) -> AsyncIterator[bytes]:
 
 
 async def forward(
-    request: web.Request, exchange: Exchange, upstream: Upstream, max_body: int
+    request: web.Request,
+    exchange: Exchange,
+    upstream: Upstream,
+    max_body: int,
+    *,
+    x_cache: str | None = None,
 ) -> web.StreamResponse:
-    """Pass one request through, uncached."""
+    """Pass one request through, uncached (``x_cache`` says why, on cacheable ones)."""
     body = request_body(request, max_body)
     async with upstream.request(
         request.method, exchange.upstream_url, exchange.upstream_headers, body
@@ -55,6 +60,7 @@ async def forward(
             response.headers,
             exchange.rewriter,
             request_id=exchange.request_id,
+            x_cache=x_cache,
         )
         await client.prepare(request)
         await relay(request, client, iter_body(response), exchange.rewriter)
@@ -68,6 +74,7 @@ def start_response(
     rewriter: Rewriter,
     *,
     request_id: str,
+    x_cache: str | None = None,
 ) -> web.StreamResponse:
     """A response with the upstream's status and cleaned, rewritten headers."""
     content_type = source.get("Content-Type", "")
@@ -76,6 +83,8 @@ def start_response(
     headers = hdrs.client_response_headers(
         source, rewriter, request_id=request_id, keep_length=not (rewrite or compress)
     )
+    if x_cache:
+        headers["X-Cache"] = x_cache
     response = web.StreamResponse(status=status, headers=headers)
     response[REWRITE] = rewrite
     if compress:

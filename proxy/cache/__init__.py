@@ -1,0 +1,1 @@
+"""The disk cache: policy (pure), store (diskcache + body files), fill, service, routes."""

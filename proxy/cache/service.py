@@ -1,0 +1,363 @@
+"""The cache in the request path: look up, check freshness, serve, or fill (SPEC section 3).
+
+::
+
+    request ── policy? ──no──────────────────────────────► forward (uncached)
+                 │yes
+                 ├─ no-store ───────────────────────────► forward, X-Cache: BYPASS
+                 ├─ stored and fresh ───────────────────► serve file, X-Cache: HIT
+                 ├─ stored, study count unchanged ──────► serve file, X-Cache: REVALIDATED
+                 ├─ stored, upstream failing ───────────► serve file, X-Cache: STALE
+                 └─ otherwise ── join or start a Fill ──► stream, X-Cache: MISS | BYPASS
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy import forward
+from proxy.cache.fill import Fill, file_chunks
+from proxy.cache.policy import Lifetime, Policy, decide
+from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
+from proxy.dicomweb.rewrite import carries_urls
+from proxy.errors import ProxyError, UpstreamError, UpstreamInvalid, UpstreamTimeout
+from proxy.exchange import Exchange
+from proxy.settings import Settings
+from proxy.upstream import Upstream
+
+# Below this much free disk the cache stops filling (and keeps serving).
+MIN_FREE_BYTES = 64 * 1024**2
+_CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+
+
+class Cache:
+    """Store + single-flight fills + study revalidation, for one upstream."""
+
+    def __init__(self, settings: Settings, store: Store, upstream: Upstream) -> None:
+        self.settings = settings
+        self.store = store
+        self.upstream = upstream
+        self.results: Counter[str] = Counter()
+        self._fills: dict[str, Fill] = {}
+        self._counts: dict[str, asyncio.Task[int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.store.close()
+
+    # -- request path ---------------------------------------------------------------
+
+    def policy_for(self, request: web.Request, exchange: Exchange, partition: str) -> Policy | None:
+        if request.method not in _CACHEABLE_METHODS:
+            return None
+        return decide(
+            exchange.resource,
+            path=exchange.relative_path,
+            query=request.query.items(),
+            accept=request.headers.get("Accept"),
+            partition=partition,
+            upstream=self.settings.upstream_url,
+            qido_ttl=self.settings.qido_ttl,
+        )
+
+    async def handle(
+        self, request: web.Request, exchange: Exchange, policy: Policy
+    ) -> web.StreamResponse:
+        directives = _cache_control(request)
+        if "no-store" in directives or "Range" in request.headers:
+            return await self._bypass(request, exchange)
+        hit = None if "no-cache" in directives else self.store.get(policy.key)
+        if hit is not None:
+            verdict = await self._freshness(policy, hit)
+            if verdict != "expired":
+                return await self.serve_hit(request, exchange, hit, verdict)
+        if request.method == "HEAD":
+            return await self._bypass(request, exchange)
+        result = "bypass" if "no-cache" in directives else "miss"
+        return await self._serve_fill(request, exchange, policy, hit, result)
+
+    async def _bypass(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        self.results["bypass"] += 1
+        return await forward.forward(
+            request, exchange, self.upstream, self.settings.max_body, x_cache="BYPASS"
+        )
+
+    # -- hits ---------------------------------------------------------------------------
+
+    async def serve_hit(
+        self, request: web.Request, exchange: Exchange, hit: Hit, result: str
+    ) -> web.StreamResponse:
+        """From the file: sendfile when nothing must change, else rewritten on the way."""
+        self.results[result] += 1
+        meta = hit.meta
+        headers = CIMultiDict(meta.headers)
+        headers.update({"ETag": meta.etag, "Content-Length": str(meta.size)})
+        if result == "stale":
+            headers.add("Warning", '110 dicomweb-proxy "Response is Stale"')
+        response = forward.start_response(
+            request,
+            meta.status,
+            headers,
+            exchange.rewriter,
+            request_id=exchange.request_id,
+            x_cache=result.upper(),
+        )
+        if _not_modified(request, meta.etag):
+            return web.Response(status=304, headers=_validators(response))
+        if not response[forward.REWRITE] and not response.compression:
+            return web.FileResponse(hit.path, headers=response.headers)
+        await response.prepare(request)
+        if request.method == "HEAD":
+            await response.write_eof()
+            return response
+        await forward.relay(request, response, file_chunks(hit.path), exchange.rewriter)
+        return response
+
+    async def _freshness(self, policy: Policy, hit: Hit) -> str:
+        """``hit``, ``revalidated``, ``stale`` or ``expired`` (SPEC section 3)."""
+        if policy.lifetime is Lifetime.IMMUTABLE:
+            return "hit"
+        if policy.lifetime is Lifetime.QIDO:
+            expires = hit.meta.stored_at + self.settings.qido_ttl
+            return "hit" if time.time() < expires else "expired"
+        return await self._study_freshness(policy, hit)
+
+    async def _study_freshness(self, policy: Policy, hit: Hit) -> str:
+        assert policy.study is not None  # study-level policies always carry the UID
+        state_key = self._state_key(policy)
+        state = self.store.study_state(state_key)
+        now = time.time()
+        if self._still_fresh(state, hit, now):
+            return "hit"
+        try:
+            count = await self.study_count(policy.study)
+        except (UpstreamError, UpstreamTimeout):
+            expired_at = state.checked_at if state else hit.meta.stored_at
+            expired_at += self.settings.metadata_ttl
+            return "stale" if now - expired_at <= self.settings.stale_if_error else "expired"
+        self._record_count(policy, count)
+        return "revalidated" if count == hit.meta.count else "expired"
+
+    def _still_fresh(self, state: StudyState | None, hit: Hit, now: float) -> bool:
+        if state is None or state.count != hit.meta.count:
+            return False
+        return state.final or now - state.checked_at < self.settings.metadata_ttl
+
+    # -- misses ---------------------------------------------------------------------------
+
+    async def _serve_fill(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        policy: Policy,
+        stale: Hit | None,
+        result: str,
+    ) -> web.StreamResponse:
+        fill = self._fills.get(policy.key)
+        if fill is None:
+            if free_bytes(self.store.tmp) < MIN_FREE_BYTES:
+                return await forward.forward(
+                    request, exchange, self.upstream, 0, x_cache=result.upper()
+                )
+            fill = self._start_fill(exchange, policy)
+        reader = fill.reader()
+        try:
+            await fill.headers_ready.wait()
+        except BaseException:
+            reader.close()
+            raise
+        if stale is not None and self._may_serve_stale(fill, stale):
+            reader.close()
+            return await self.serve_hit(request, exchange, stale, "stale")
+        if fill.error is not None and not fill.status:
+            reader.close()
+            raise fill.error
+        self.results[result] += 1
+        response = forward.start_response(
+            request,
+            fill.status,
+            fill.headers,
+            exchange.rewriter,
+            request_id=exchange.request_id,
+            x_cache=result.upper(),
+        )
+        try:
+            await response.prepare(request)
+        except BaseException:
+            reader.close()
+            raise
+        await forward.relay(request, response, reader.chunks(), exchange.rewriter)
+        return response
+
+    def _may_serve_stale(self, fill: Fill, stale: Hit) -> bool:
+        """Upstream unreachable, timed out or 5xx: an expired entry is better than none."""
+        failed = (fill.error is not None and not fill.status) or fill.status >= 500
+        age_past_expiry = time.time() - stale.meta.stored_at - self._ttl_of(stale)
+        return failed and age_past_expiry <= self.settings.stale_if_error
+
+    def _ttl_of(self, hit: Hit) -> float:
+        return self.settings.metadata_ttl if hit.meta.count is not None else self.settings.qido_ttl
+
+    def _start_fill(self, exchange: Exchange, policy: Policy) -> Fill:
+        """Single flight: the fill is registered before any await, so concurrent misses
+        for the key join it instead of asking the upstream again."""
+        fill = Fill(self.store.temp_path())
+        self._fills[policy.key] = fill
+        count = self._count_task(policy.study) if policy.lifetime is Lifetime.STUDY else None
+
+        def open_response() -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+            headers = exchange.upstream_headers.copy()
+            headers.popall("If-None-Match", None)
+            headers.popall("If-Modified-Since", None)
+            return self.upstream.request("GET", exchange.upstream_url, headers)
+
+        async def commit(done: Fill) -> None:
+            del self._fills[policy.key]
+            await self._commit(done, policy, count)
+
+        self._spawn(fill.run(open_response, commit))
+        return fill
+
+    async def _commit(self, fill: Fill, policy: Policy, count: asyncio.Task[int] | None) -> None:
+        """Step 4 of the fill: adopt the file only if it is a complete, storable 200."""
+        instance_count = None
+        if count is not None:
+            with contextlib.suppress(ProxyError, ValueError):
+                instance_count = await count
+        if not _storable(fill) or (count is not None and instance_count is None):
+            fill.discard()
+            return
+        meta = Meta(
+            status=fill.status,
+            headers=Meta.keep_headers(fill.headers),
+            stored_at=time.time(),
+            size=fill.written,
+            etag=etag_for(fill.temp_path),
+            rewrite=carries_urls(fill.headers.get("Content-Type", "")),
+            count=instance_count,
+        )
+        if not self.store.commit(policy.key, NewBody(fill.temp_path, meta), policy.tag):
+            fill.discard()
+        if instance_count is not None:
+            self._record_count(policy, instance_count)
+
+    # -- study instance counts ---------------------------------------------------------
+
+    def _count_task(self, study: str | None) -> asyncio.Task[int]:
+        assert study is not None  # study-level policies always carry the UID
+        task = self._counts.get(study)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self._query_count(study))
+            self._counts[study] = task
+        return task
+
+    async def study_count(self, study: str) -> int:
+        """NumberOfStudyRelatedInstances by a QIDO-RS query (PS3.18 10.6.1.2); one
+        query in flight per study however many entries ask."""
+        return await asyncio.shield(self._count_task(study))
+
+    async def _query_count(self, study: str) -> int:
+        url = (self.upstream.base / "studies").with_query(
+            StudyInstanceUID=study, includefield="00201208"
+        )
+        headers = {"Accept": "application/dicom+json"}
+        async with self.upstream.request("GET", url, headers) as response:
+            if response.status >= 500:
+                raise UpstreamInvalid(f"count query answered {response.status}")
+            if response.status == 204 or response.status == 404:
+                return 0
+            if response.status != 200:
+                raise UpstreamInvalid(f"count query answered {response.status}")
+            found = json.loads(await response.content.read(1024 * 1024))
+        if not found:
+            return 0
+        return int(found[0]["00201208"]["Value"][0])
+
+    def _state_key(self, policy: Policy) -> str:
+        partition = policy.key.split("|", 2)[1]
+        return f"state|{self.settings.upstream_url}|{partition}|{policy.study}"
+
+    def _record_count(self, policy: Policy, count: int) -> None:
+        """A study unchanged for --finalized-after is final (SPEC section 3)."""
+        key, now = self._state_key(policy), time.time()
+        state = self.store.study_state(key)
+        if state is None or state.count != count:
+            state = StudyState(count=count, since=now, checked_at=now)
+        else:
+            final = now - state.since >= self.settings.finalized_after
+            state = replace(state, checked_at=now, final=final)
+        self.store.set_study_state(key, state, tag=f"s:{policy.study}")
+
+    # -- invalidation and admin --------------------------------------------------------
+
+    async def studies_changed(self, studies: set[str]) -> None:
+        """A STOW stored into these studies: drop their study/series entries and finality."""
+        self.store.purge([f"s:{uid}" for uid in studies])
+
+    def purge_study(self, study: str) -> int:
+        return self.store.purge([f"s:{study}", f"i:{study}"])
+
+    def stats(self) -> dict[str, object]:
+        served = sum(self.results.values())
+        hits = self.results["hit"] + self.results["revalidated"] + self.results["stale"]
+        return {
+            **self.store.stats(),
+            "size_limit": self.store.size_limit,
+            "results": dict(self.results),
+            "hit_ratio": round(hits / served, 4) if served else 0.0,
+        }
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _storable(fill: Fill) -> bool:
+    """RFC 9111 section 3: only complete 200s the upstream did not mark private/no-store."""
+    directives = _parse_cache_control(fill.headers.get("Cache-Control", ""))
+    return (
+        fill.status == 200
+        and fill.complete
+        and fill.error is None
+        and not directives & {"no-store", "private"}
+    )
+
+
+def _cache_control(request: web.Request) -> set[str]:
+    directives = _parse_cache_control(request.headers.get("Cache-Control", ""))
+    if request.headers.get("Pragma", "").lower() == "no-cache":
+        directives.add("no-cache")
+    return directives
+
+
+def _parse_cache_control(value: str) -> set[str]:
+    return {item.split("=", 1)[0].strip().lower() for item in value.split(",") if item.strip()}
+
+
+def _not_modified(request: web.Request, etag: str) -> bool:
+    """RFC 9110 section 13.1.2: weak comparison of If-None-Match."""
+    given = request.headers.get("If-None-Match")
+    if not given:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in given.split(",")}
+    return "*" in tags or etag in tags
+
+
+def _validators(response: web.StreamResponse) -> dict[str, str]:
+    names = ("ETag", "Vary", "X-Cache", "X-Request-ID", "Via", "Cache-Control")
+    return {name: response.headers[name] for name in names if name in response.headers}
