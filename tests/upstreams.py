@@ -127,3 +127,70 @@ def misbehaving_app() -> web.Application:
     app.router.add_route("*", "/dicom-web/echo", echo_headers)
     app.router.add_route("*", "/dicom-web/location", location)
     return app
+
+
+class RawUpstream:
+    """A hand-written HTTP/1.1 origin for framings aiohttp's server will not produce.
+
+    ``mode`` picks the answer: ``full`` (Content-Length, whole body), ``short-length``
+    (Content-Length, half the body, then close), ``short-chunked`` (chunked, no final
+    chunk), ``close-complete`` / ``close-cut`` (close-delimited multipart with / without
+    its closing boundary), ``stall`` (headers and half the body, then nothing).
+    """
+
+    BOUNDARY = "raw-boundary"
+
+    def __init__(self, payload: bytes = b"D" * 200_000) -> None:
+        self.payload = payload
+        self.mode = "full"
+        self.requests = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def dicomweb(self) -> str:
+        return f"http://127.0.0.1:{self.port}/dicom-web"
+
+    async def start(self) -> RawUpstream:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    def multipart(self) -> bytes:
+        return (
+            f"--{self.BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + self.payload
+            + f"\r\n--{self.BOUNDARY}--\r\n".encode()
+        )
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        self.requests += 1
+        body = self.multipart()
+        content_type = f'multipart/related; type="application/dicom"; boundary={self.BOUNDARY}'
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+        half = len(body) // 2
+        if self.mode in {"full", "short-length", "stall"}:
+            writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode())
+            writer.write(body if self.mode == "full" else body[:half])
+        elif self.mode == "short-chunked":
+            writer.write(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+            writer.write(f"{half:x}\r\n".encode() + body[:half] + b"\r\n")
+        else:
+            writer.write(f"{head}Connection: close\r\n\r\n".encode())
+            writer.write(body if self.mode == "close-complete" else body[:half])
+        await writer.drain()
+        if self.mode == "stall":
+            await reader.read()  # until the peer goes away
+        writer.close()
+        self._writers.discard(writer)

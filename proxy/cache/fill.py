@@ -43,7 +43,7 @@ class Fill:
         self.status = 0
         self.headers: CIMultiDict[str] = CIMultiDict()
         self.written = 0
-        self.complete = False
+        self.complete: bool | None = False
         self.error: ProxyError | None = None
         self.done = False
         self.headers_ready = asyncio.Event()
@@ -60,6 +60,8 @@ class Fill:
                 self.headers_ready.set()
                 await self._copy_body(response)
                 self.complete = self._is_complete(response)
+                if self.complete is None:
+                    raise UpstreamInvalid("the multipart body ended before its closing boundary")
         except ProxyError as exc:
             self.error = exc
         except OSError as exc:  # the cache disk: full, or gone
@@ -80,17 +82,17 @@ class Fill:
             self._tail = (self._tail + chunk)[-256:]
             self._wake()
 
-    def _is_complete(self, response: aiohttp.ClientResponse) -> bool:
+    def _is_complete(self, response: aiohttp.ClientResponse) -> bool | None:
         """Step 3.  A close-delimited body that stops early looks complete to HTTP, so
         only framed bodies (length or chunked) or multipart bodies whose closing
-        boundary arrived (RFC 2046 section 5.1.1) are trusted."""
+        boundary arrived (RFC 2046 section 5.1.1) are trusted.  None: known truncated."""
         length = response.headers.get("Content-Length")
         if length is not None and int(length) != self.written:
             return False
         main, params = parse_media_type(response.headers.get("Content-Type", ""))
         if main.startswith("multipart/"):
             boundary = params.get("boundary", "")
-            return bool(boundary) and f"--{boundary}--".encode() in self._tail
+            return True if f"--{boundary}--".encode() in self._tail else None
         return length is not None or response.headers.get("Transfer-Encoding") == "chunked"
 
     def _wake(self) -> None:

@@ -1,0 +1,446 @@
+"""The disk cache against a real Orthanc behind a counting relay (SPEC section 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy.app import create_app
+from tests.dicomgen import Study, make_instance, make_study
+from tests.orthanc import Orthanc, free_port
+from tests.support import make_settings
+from tests.upstreams import RawUpstream, Relay
+
+Start = Callable[..., Any]
+
+
+@pytest.fixture
+async def relay(aiohttp_server: Callable[..., Any], orthanc: Orthanc) -> tuple[Relay, TestServer]:
+    counting = Relay(orthanc.url)
+    return counting, await aiohttp_server(counting.app())
+
+
+@pytest.fixture
+def proxy_to(aiohttp_client: Callable[..., Any], tmp_path: Path) -> Start:
+    async def start(
+        upstream_url: str, data: str = "data", **overrides: Any
+    ) -> TestClient[Any, Any]:
+        settings = make_settings(upstream_url, tmp_path / data, **overrides)
+        return await aiohttp_client(create_app(settings))
+
+    return start
+
+
+def dicomweb(server: TestServer) -> str:
+    return str(server.make_url("/dicom-web"))
+
+
+def instance_path(study: Study, index: int = 0) -> str:
+    series_uid, sop_uid, _ = study.instances[index]
+    return f"/dicom-web/studies/{study.uid}/series/{series_uid}/instances/{sop_uid}"
+
+
+async def test_miss_then_hit_byte_identical_one_upstream_request(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    counting, server = relay
+    client = await proxy_to(dicomweb(server))
+    path = instance_path(study)
+    first = await client.get(path)
+    body = await first.read()
+    second = await client.get(path)
+    assert first.headers["X-Cache"] == "MISS"
+    assert second.headers["X-Cache"] == "HIT"
+    assert await second.read() == body
+    assert second.headers["Content-Type"] == first.headers["Content-Type"]
+    assert counting.total(path) == 1
+    assert study.instances[0][2][132:] in body or len(body) > 1000
+
+
+async def test_twenty_concurrent_misses_make_one_upstream_request(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    counting, server = relay
+    client = await proxy_to(dicomweb(server))
+    path = instance_path(study, 1)
+
+    async def fetch() -> bytes:
+        async with client.get(path) as response:
+            assert response.status == 200
+            return await response.read()
+
+    bodies = await asyncio.gather(*(fetch() for _ in range(20)))
+    assert len(set(bodies)) == 1
+    assert counting.total(path) == 1
+
+
+async def test_etag_and_if_none_match(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    _, server = relay
+    client = await proxy_to(dicomweb(server))
+    path = instance_path(study) + "/metadata"
+    await (await client.get(path)).read()
+    hit = await client.get(path)
+    etag = hit.headers["ETag"]
+    again = await client.get(path, headers={"If-None-Match": etag})
+    assert again.status == 304
+    assert again.headers["ETag"] == etag
+    assert again.headers["X-Cache"] == "HIT"
+    other = await client.get(path, headers={"If-None-Match": '"other"'})
+    assert other.status == 200
+
+
+async def test_accept_and_transfer_syntax_make_separate_entries(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    counting, server = relay
+    client = await proxy_to(dicomweb(server))
+    path = instance_path(study)
+    plain = 'multipart/related; type="application/dicom"'
+    explicit = plain + "; transfer-syntax=1.2.840.10008.1.2.1"
+    for accept in (plain, explicit, plain, explicit):
+        await (await client.get(path, headers={"Accept": accept})).read()
+    assert counting.total(path) == 2
+    hit = await client.get(path, headers={"Accept": explicit})
+    assert hit.headers["X-Cache"] == "HIT"
+    assert "Accept" in hit.headers["Vary"]
+
+
+async def test_no_store_and_no_cache_bypass(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    counting, server = relay
+    client = await proxy_to(dicomweb(server))
+    path = instance_path(study)
+    await (await client.get(path)).read()
+    no_store = await client.get(path, headers={"Cache-Control": "no-store"})
+    assert no_store.headers["X-Cache"] == "BYPASS"
+    no_cache = await client.get(path, headers={"Cache-Control": "no-cache"})
+    assert no_cache.headers["X-Cache"] == "BYPASS"
+    await no_cache.read()
+    assert counting.total(path) == 3
+    assert (await client.get(path)).headers["X-Cache"] == "HIT"
+
+
+async def test_persists_across_restart(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    counting, server = relay
+    first = await proxy_to(dicomweb(server), data="shared")
+    path = instance_path(study)
+    body = await (await first.get(path)).read()
+    await first.close()
+    second = await proxy_to(dicomweb(server), data="shared")
+    hit = await second.get(path)
+    assert hit.headers["X-Cache"] == "HIT"
+    assert await hit.read() == body
+    assert counting.total(path) == 1
+
+
+async def test_metadata_revalidation_picks_up_a_new_instance(
+    relay: tuple[Relay, TestServer], proxy_to: Start, orthanc: Orthanc, study: Study
+) -> None:
+    counting, server = relay
+    client = await proxy_to(dicomweb(server), metadata_ttl=0.2)
+    path = f"/dicom-web/studies/{study.uid}/metadata"
+    assert len(await (await client.get(path)).json()) == 6
+    fresh = await client.get(path)
+    assert fresh.headers["X-Cache"] == "HIT"
+    await asyncio.sleep(0.3)
+    unchanged = await client.get(path)
+    assert unchanged.headers["X-Cache"] == "REVALIDATED"
+    assert counting.total(path) == 1
+    series_uid = next(iter(study.series))
+    orthanc.upload(make_instance(study.uid, series_uid, 99, rows=16, columns=16))
+    await asyncio.sleep(0.3)
+    changed = await client.get(path)
+    assert changed.headers["X-Cache"] == "MISS"
+    assert len(await changed.json()) == 7
+    assert counting.total(path) == 2
+
+
+async def test_study_becomes_final_and_stops_revalidating(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    counting, server = relay
+    client = await proxy_to(dicomweb(server), metadata_ttl=0.1, finalized_after=0.2)
+    path = f"/dicom-web/studies/{study.uid}/metadata"
+    await (await client.get(path)).read()
+    await asyncio.sleep(0.3)
+    assert (await client.get(path)).headers["X-Cache"] == "REVALIDATED"
+    counts_before = counting.total("/dicom-web/studies?")
+    await asyncio.sleep(0.2)
+    for _ in range(3):
+        assert (await client.get(path)).headers["X-Cache"] == "HIT"
+    assert counting.total("/dicom-web/studies?") == counts_before
+
+
+async def test_stow_through_the_proxy_invalidates_study_entries(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    counting, server = relay
+    client = await proxy_to(dicomweb(server))
+    path = f"/dicom-web/studies/{study.uid}/metadata"
+    await (await client.get(path)).read()
+    assert (await client.get(path)).headers["X-Cache"] == "HIT"
+    series_uid = next(iter(study.series))
+    extra = make_instance(study.uid, series_uid, 50, rows=16, columns=16)
+    boundary = "stow-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + extra
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    stored = await client.post(
+        "/dicom-web/studies",
+        data=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        },
+    )
+    assert stored.status == 200
+    after = await client.get(path)
+    assert after.headers["X-Cache"] == "MISS"
+    assert len(await after.json()) == 7
+    assert counting.total(path) == 2
+
+
+async def test_offline_serving_when_the_upstream_is_down(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    counting, server = relay
+    client = await proxy_to(dicomweb(server), metadata_ttl=0.1)
+    cached = instance_path(study)
+    body = await (await client.get(cached)).read()
+    metadata = f"/dicom-web/studies/{study.uid}/metadata"
+    await (await client.get(metadata)).read()
+    counting.down = True
+    await asyncio.sleep(0.2)
+    hit = await client.get(cached)
+    assert hit.headers["X-Cache"] == "HIT" and await hit.read() == body
+    stale = await client.get(metadata)
+    assert stale.status == 200
+    assert stale.headers["X-Cache"] == "STALE"
+    assert stale.headers["Warning"].startswith("110 ")
+    assert len(await stale.json()) == 6
+    uncached = await client.get(instance_path(study, 2))
+    assert uncached.status == 503  # the relay's own 503 passes through unchanged
+
+
+async def test_uncached_requests_get_problem_documents_when_upstream_unreachable(
+    proxy_to: Start, orthanc: Orthanc, aiohttp_server: Callable[..., Any], study: Study
+) -> None:
+    counting = Relay(orthanc.url)
+    server = await aiohttp_server(counting.app())
+    client = await proxy_to(dicomweb(server))
+    cached = instance_path(study)
+    await (await client.get(cached)).read()
+    await server.close()
+    assert (await client.get(cached)).headers["X-Cache"] == "HIT"
+    missing = await client.get(instance_path(study, 1))
+    assert missing.status == 502
+    assert missing.headers["Content-Type"].startswith("application/problem+json")
+
+
+async def test_size_bound_respected_over_three_times_the_limit(
+    relay: tuple[Relay, TestServer], proxy_to: Start, orthanc: Orthanc, tmp_path: Path
+) -> None:
+    _, server = relay
+    limit = 2 * 1024 * 1024
+    client = await proxy_to(dicomweb(server), cache_size=limit)
+    big = make_study(1, 12, rows=256, columns=256)  # ~128 KiB each, ~1.5 MiB in all
+    for _, _, data in big.instances:
+        orthanc.upload(data)
+    for _ in range(4):  # 4 passes over ~1.5 MiB of distinct keys ~ 3x the limit
+        for index in range(len(big.instances)):
+            path = instance_path(big, index)
+            for accept in ("application/dicom", 'multipart/related; type="application/dicom"'):
+                await (await client.get(path, headers={"Accept": accept})).read()
+    store = client.server.app[cache_key()].store
+    assert store.stats()["bytes"] <= limit
+    assert store.stats()["entries"] > 0
+
+
+def cache_key() -> Any:
+    from proxy.cache.routes import CACHE
+
+    return CACHE
+
+
+async def test_purge_api_requires_the_admin_token_and_purges(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    counting, server = relay
+    client = await proxy_to(dicomweb(server), admin_token="s3cret-admin")
+    path = instance_path(study)
+    await (await client.get(path)).read()
+    assert (await client.get("/admin/cache")).status == 401
+    wrong = await client.get("/admin/cache", headers={"Authorization": "Bearer nope"})
+    assert wrong.status == 401
+    auth = {"Authorization": "Bearer s3cret-admin"}
+    stats = await (await client.get("/admin/cache", headers=auth)).json()
+    assert stats["entries"] >= 1 and stats["bytes"] > 0
+    assert "s3cret" not in str(stats)
+    purged = await client.delete(f"/admin/cache/studies/{study.uid}", headers=auth)
+    assert (await purged.json())["removed"] >= 1
+    assert (await client.get(path)).headers["X-Cache"] == "MISS"
+    await (await client.delete("/admin/cache", headers=auth)).read()
+    assert (await client.get(path)).headers["X-Cache"] == "MISS"
+    assert counting.total(path) == 3
+
+
+async def test_qido_cached_only_with_qido_ttl(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    counting, server = relay
+    path = f"/dicom-web/studies?StudyInstanceUID={study.uid}"
+    uncached = await proxy_to(dicomweb(server), data="a")
+    for _ in range(2):
+        response = await uncached.get(path)
+        assert "X-Cache" not in response.headers
+    cached = await proxy_to(dicomweb(server), data="b", qido_ttl=60)
+    for _ in range(2):
+        await (await cached.get(path)).read()
+    assert (await cached.get(path)).headers["X-Cache"] == "HIT"
+    assert counting.total(path) == 3
+
+
+async def test_no_cache_option_forwards_everything(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study, tmp_path: Path
+) -> None:
+    counting, server = relay
+    client = await proxy_to(dicomweb(server), no_cache=True)
+    path = instance_path(study)
+    for _ in range(3):
+        response = await client.get(path)
+        assert "X-Cache" not in response.headers
+        await response.read()
+    assert counting.total(path) == 3
+
+
+INSTANCE = "/dicom-web/studies/1.2.3/series/4.5/instances/6.7"
+
+
+@pytest.fixture
+async def raw() -> Any:
+    upstream = await RawUpstream().start()
+    yield upstream
+    await upstream.stop()
+
+
+@pytest.mark.parametrize("mode", ["short-length", "short-chunked", "close-cut"])
+async def test_truncated_bodies_are_never_cached(
+    raw: RawUpstream, proxy_to: Start, mode: str
+) -> None:
+    client = await proxy_to(raw.dicomweb)
+    raw.mode = mode
+    response = await client.get(INSTANCE)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()
+    raw.mode = "full"
+    again = await client.get(INSTANCE)
+    assert again.headers["X-Cache"] == "MISS"
+    assert await again.read() == raw.multipart()
+    assert raw.requests == 2
+    assert (await client.get(INSTANCE)).headers["X-Cache"] == "HIT"
+    tmp = client.server.app[cache_key()].store.tmp
+    assert list(tmp.iterdir()) == []
+
+
+async def test_close_delimited_multipart_with_closing_boundary_is_cached(
+    raw: RawUpstream, proxy_to: Start
+) -> None:
+    client = await proxy_to(raw.dicomweb)
+    raw.mode = "close-complete"
+    assert await (await client.get(INSTANCE)).read() == raw.multipart()
+    assert (await client.get(INSTANCE)).headers["X-Cache"] == "HIT"
+    assert raw.requests == 1
+
+
+async def test_client_disconnect_does_not_abort_the_fill(raw: RawUpstream, proxy_to: Start) -> None:
+    client = await proxy_to(raw.dicomweb)
+    response = await client.get(INSTANCE)
+    await response.content.read(10)
+    response.close()
+    for _ in range(100):
+        cache = client.server.app[cache_key()]
+        if not cache._fills:
+            break
+        await asyncio.sleep(0.02)
+    assert (await client.get(INSTANCE)).headers["X-Cache"] == "HIT"
+    assert raw.requests == 1
+
+
+def _serve(raw: RawUpstream, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--upstream-url",
+            raw.dicomweb,
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _wait_ready(port: int) -> None:
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError("proxy did not start")
+
+
+async def test_kill_9_mid_fill_leaves_no_entry_and_no_temp_file(
+    raw: RawUpstream, tmp_path: Path
+) -> None:
+    port, data_dir = free_port(), tmp_path / "data"
+    raw.mode = "stall"
+    proxy = _serve(raw, data_dir, port)
+    try:
+        await _wait_ready(port)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {INSTANCE} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        tmp = data_dir / "cache" / "tmp"
+        for _ in range(200):
+            if any(p.stat().st_size > 0 for p in tmp.glob("*.part")):
+                break
+            await asyncio.sleep(0.05)
+        assert list(tmp.glob("*.part")), "the fill should be in progress"
+        proxy.send_signal(signal.SIGKILL)
+        proxy.wait(10)
+        writer.close()
+        raw.mode = "full"
+        proxy = _serve(raw, data_dir, port)
+        await _wait_ready(port)
+        assert list(tmp.glob("*.part")) == []
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}{INSTANCE}") as response:
+                assert response.headers["X-Cache"] == "MISS"
+                assert await response.read() == raw.multipart()
+            async with session.get(f"http://127.0.0.1:{port}{INSTANCE}") as response:
+                assert response.headers["X-Cache"] == "HIT"
+    finally:
+        proxy.kill()
+        proxy.wait(10)
