@@ -332,7 +332,7 @@ def _storable(fill: Fill) -> bool:
     directives = _parse_cache_control(fill.headers.get("Cache-Control", ""))
     return (
         fill.status == 200
-        and fill.complete
+        and fill.complete is True
         and fill.error is None
         and not directives & {"no-store", "private"}
     )
