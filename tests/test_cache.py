@@ -57,6 +57,7 @@ async def test_miss_then_hit_byte_identical_one_upstream_request(
     path = instance_path(study)
     first = await client.get(path)
     body = await first.read()
+    await settle(client)
     second = await client.get(path)
     assert first.headers["X-Cache"] == "MISS"
     assert second.headers["X-Cache"] == "HIT"
@@ -90,6 +91,7 @@ async def test_etag_and_if_none_match(
     client = await proxy_to(dicomweb(server))
     path = instance_path(study) + "/metadata"
     await (await client.get(path)).read()
+    await settle(client)
     hit = await client.get(path)
     etag = hit.headers["ETag"]
     again = await client.get(path, headers={"If-None-Match": etag})
@@ -110,6 +112,7 @@ async def test_accept_and_transfer_syntax_make_separate_entries(
     explicit = plain + "; transfer-syntax=1.2.840.10008.1.2.1"
     for accept in (plain, explicit, plain, explicit):
         await (await client.get(path, headers={"Accept": accept})).read()
+        await settle(client)
     assert counting.total(path) == 2
     hit = await client.get(path, headers={"Accept": explicit})
     assert hit.headers["X-Cache"] == "HIT"
@@ -123,11 +126,13 @@ async def test_no_store_and_no_cache_bypass(
     client = await proxy_to(dicomweb(server))
     path = instance_path(study)
     await (await client.get(path)).read()
+    await settle(client)
     no_store = await client.get(path, headers={"Cache-Control": "no-store"})
     assert no_store.headers["X-Cache"] == "BYPASS"
     no_cache = await client.get(path, headers={"Cache-Control": "no-cache"})
     assert no_cache.headers["X-Cache"] == "BYPASS"
     await no_cache.read()
+    await settle(client)
     assert counting.total(path) == 3
     assert (await client.get(path)).headers["X-Cache"] == "HIT"
 
@@ -139,6 +144,7 @@ async def test_persists_across_restart(
     first = await proxy_to(dicomweb(server), data="shared")
     path = instance_path(study)
     body = await (await first.get(path)).read()
+    await settle(first)
     await first.close()
     second = await proxy_to(dicomweb(server), data="shared")
     hit = await second.get(path)
@@ -154,6 +160,7 @@ async def test_metadata_revalidation_picks_up_a_new_instance(
     client = await proxy_to(dicomweb(server), metadata_ttl=0.2)
     path = f"/dicom-web/studies/{study.uid}/metadata"
     assert len(await (await client.get(path)).json()) == 6
+    await settle(client)
     fresh = await client.get(path)
     assert fresh.headers["X-Cache"] == "HIT"
     await asyncio.sleep(0.3)
@@ -166,6 +173,7 @@ async def test_metadata_revalidation_picks_up_a_new_instance(
     changed = await client.get(path)
     assert changed.headers["X-Cache"] == "MISS"
     assert len(await changed.json()) == 7
+    await settle(client)
     assert counting.total(path) == 2
 
 
@@ -176,6 +184,7 @@ async def test_study_becomes_final_and_stops_revalidating(
     client = await proxy_to(dicomweb(server), metadata_ttl=0.1, finalized_after=0.2)
     path = f"/dicom-web/studies/{study.uid}/metadata"
     await (await client.get(path)).read()
+    await settle(client)
     await asyncio.sleep(0.3)
     assert (await client.get(path)).headers["X-Cache"] == "REVALIDATED"
     counts_before = counting.total("/dicom-web/studies?")
@@ -192,6 +201,7 @@ async def test_stow_through_the_proxy_invalidates_study_entries(
     client = await proxy_to(dicomweb(server))
     path = f"/dicom-web/studies/{study.uid}/metadata"
     await (await client.get(path)).read()
+    await settle(client)
     assert (await client.get(path)).headers["X-Cache"] == "HIT"
     series_uid = next(iter(study.series))
     extra = make_instance(study.uid, series_uid, 50, rows=16, columns=16)
@@ -223,8 +233,10 @@ async def test_offline_serving_when_the_upstream_is_down(
     client = await proxy_to(dicomweb(server), metadata_ttl=0.1)
     cached = instance_path(study)
     body = await (await client.get(cached)).read()
+    await settle(client)
     metadata = f"/dicom-web/studies/{study.uid}/metadata"
     await (await client.get(metadata)).read()
+    await settle(client)
     counting.down = True
     await asyncio.sleep(0.2)
     hit = await client.get(cached)
@@ -246,6 +258,7 @@ async def test_uncached_requests_get_problem_documents_when_upstream_unreachable
     client = await proxy_to(dicomweb(server))
     cached = instance_path(study)
     await (await client.get(cached)).read()
+    await settle(client)
     await server.close()
     assert (await client.get(cached)).headers["X-Cache"] == "HIT"
     missing = await client.get(instance_path(study, 1))
@@ -272,6 +285,16 @@ async def test_size_bound_respected_over_three_times_the_limit(
     assert store.stats()["entries"] > 0
 
 
+async def settle(client: TestClient[Any, Any]) -> None:
+    """Wait until every fill has been committed or discarded."""
+    cache = client.server.app[cache_key()]
+    for _ in range(250):
+        if not cache._fills:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("fills did not finish")
+
+
 def cache_key() -> Any:
     from proxy.cache.routes import CACHE
 
@@ -285,6 +308,7 @@ async def test_purge_api_requires_the_admin_token_and_purges(
     client = await proxy_to(dicomweb(server), admin_token="s3cret-admin")
     path = instance_path(study)
     await (await client.get(path)).read()
+    await settle(client)
     assert (await client.get("/admin/cache")).status == 401
     wrong = await client.get("/admin/cache", headers={"Authorization": "Bearer nope"})
     assert wrong.status == 401
@@ -294,7 +318,10 @@ async def test_purge_api_requires_the_admin_token_and_purges(
     assert "s3cret" not in str(stats)
     purged = await client.delete(f"/admin/cache/studies/{study.uid}", headers=auth)
     assert (await purged.json())["removed"] >= 1
-    assert (await client.get(path)).headers["X-Cache"] == "MISS"
+    refetched = await client.get(path)
+    assert refetched.headers["X-Cache"] == "MISS"
+    await refetched.read()
+    await settle(client)
     await (await client.delete("/admin/cache", headers=auth)).read()
     assert (await client.get(path)).headers["X-Cache"] == "MISS"
     assert counting.total(path) == 3
@@ -312,6 +339,8 @@ async def test_qido_cached_only_with_qido_ttl(
     cached = await proxy_to(dicomweb(server), data="b", qido_ttl=60)
     for _ in range(2):
         await (await cached.get(path)).read()
+        await settle(cached)
+        await settle(cached)
     assert (await cached.get(path)).headers["X-Cache"] == "HIT"
     assert counting.total(path) == 3
 
@@ -352,6 +381,7 @@ async def test_truncated_bodies_are_never_cached(
     again = await client.get(INSTANCE)
     assert again.headers["X-Cache"] == "MISS"
     assert await again.read() == raw.multipart()
+    await settle(client)
     assert raw.requests == 2
     assert (await client.get(INSTANCE)).headers["X-Cache"] == "HIT"
     tmp = client.server.app[cache_key()].store.tmp
@@ -364,6 +394,7 @@ async def test_close_delimited_multipart_with_closing_boundary_is_cached(
     client = await proxy_to(raw.dicomweb)
     raw.mode = "close-complete"
     assert await (await client.get(INSTANCE)).read() == raw.multipart()
+    await settle(client)
     assert (await client.get(INSTANCE)).headers["X-Cache"] == "HIT"
     assert raw.requests == 1
 
@@ -373,11 +404,7 @@ async def test_client_disconnect_does_not_abort_the_fill(raw: RawUpstream, proxy
     response = await client.get(INSTANCE)
     await response.content.read(10)
     response.close()
-    for _ in range(100):
-        cache = client.server.app[cache_key()]
-        if not cache._fills:
-            break
-        await asyncio.sleep(0.02)
+    await settle(client)
     assert (await client.get(INSTANCE)).headers["X-Cache"] == "HIT"
     assert raw.requests == 1
 
