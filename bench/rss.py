@@ -1,0 +1,138 @@
+"""Peak RSS of the proxy while multi-GiB bodies stream through it (SPEC section 8).
+
+``python -m bench.rss [--gib 2]``: starts a synthetic origin and the proxy as separate
+processes, streams a study retrieve (cache on: filled to disk while streaming; and
+``--no-cache``) and a STOW-sized POST through the proxy, and reports the proxy's peak
+resident set size (``VmHWM``) for each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+
+from tests.orthanc import free_port
+
+CHUNK = 1024 * 1024
+
+
+def start(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL)
+
+
+async def wait_port(port: int) -> None:
+    for _ in range(400):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+async def download(url: str) -> int:
+    received = 0
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+        response.raise_for_status()
+        async for chunk in response.content.iter_chunked(CHUNK):
+            received += len(chunk)
+    return received
+
+
+async def body(total: int) -> AsyncIterator[bytes]:
+    block = os.urandom(CHUNK)
+    for offset in range(0, total, CHUNK):
+        yield block[: min(CHUNK, total - offset)]
+
+
+async def upload(url: str, total: int) -> int:
+    headers = {
+        "Content-Type": 'multipart/related; type="application/dicom"; boundary=x',
+        "Content-Length": str(total),
+    }
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url, data=body(total), headers=headers) as response,
+    ):
+        return int((await response.json())["bytes"])
+
+
+async def run_case(name: str, origin: str, extra: list[str], gib: float) -> dict[str, object]:
+    port = free_port()
+    total = int(gib * 1024**3)
+    with tempfile.TemporaryDirectory() as data_dir:
+        proxy = start(
+            [
+                "proxy",
+                "serve",
+                "--upstream-url",
+                origin,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--data-dir",
+                data_dir,
+                *extra,
+            ]
+        )
+        try:
+            await wait_port(port)
+            base = f"http://127.0.0.1:{port}/dicom-web"
+            began = time.monotonic()
+            if name.startswith("stow"):
+                moved = await upload(f"{base}/studies", total)
+            else:
+                moved = await download(f"{base}/studies/1.2.3?bytes={total}")
+            seconds = time.monotonic() - began
+            return {
+                "case": name,
+                "GiB": round(moved / 1024**3, 2),
+                "seconds": round(seconds, 1),
+                "MiB/s": round(moved / 1024**2 / seconds),
+                "peak RSS MiB": round(peak_rss_mib(proxy.pid), 1),
+            }
+        finally:
+            proxy.terminate()
+            proxy.wait(30)
+
+
+async def main(gib: float) -> None:
+    port = free_port()
+    origin = start(["bench.origin", str(port)])
+    try:
+        await wait_port(port)
+        upstream = f"http://127.0.0.1:{port}/dicom-web"
+        cases = [
+            ("retrieve, cache filling", []),
+            ("retrieve, --no-cache", ["--no-cache"]),
+            ("stow pass-through", ["--no-cache"]),
+        ]
+        for name, extra in cases:
+            print(await run_case(name, upstream, extra, gib), flush=True)
+    finally:
+        origin.terminate()
+        origin.wait(30)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--gib", type=float, default=2.0)
+    asyncio.run(main(parser.parse_args().gib))
