@@ -80,7 +80,7 @@ async def diagnose(settings: Settings, upstream: Upstream) -> list[Finding]:
         (
             "storage",
             not unwritable,
-            f"not writable: {', '.join(unwritable)}" if unwritable else "ok",
+            f"not writable: {', '.join(unwritable)}" if unwritable else "writable",
         )
     )
     return findings
@@ -90,7 +90,7 @@ async def _check_credentials(settings: Settings, upstream: Upstream) -> Finding:
     credentials = upstream.credentials
     if credentials is None:
         mode = settings.upstream_auth
-        note = "clients' credentials are forwarded" if mode == "passthrough" else "none"
+        note = "clients' credentials are forwarded" if mode == "passthrough" else "no credentials"
         return ("upstream auth", True, f"{mode}: {note}")
     try:
         await credentials.authorization()
