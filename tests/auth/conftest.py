@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from proxy.settings import Settings
 from tests.authservers import BearerUpstream, TokenEndpoint
 from tests.support import make_settings
 
-ServerFactory = Callable[..., Awaitable[object]]
+ServerFactory = Callable[..., Awaitable[TestServer]]
 
 
 class Clock:
@@ -63,7 +64,7 @@ async def idp(
 ) -> AsyncIterator[TokenEndpoint]:
     endpoint = TokenEndpoint()
     server = await aiohttp_server(endpoint.app)
-    endpoint.url = str(server.make_url("/token"))  # type: ignore[attr-defined]
+    endpoint.url = str(server.make_url("/token"))
     yield endpoint
     secrets_checked.add(endpoint.client_secret)
     secrets_checked.update(endpoint.issued)
@@ -75,7 +76,7 @@ def serve(aiohttp_server: ServerFactory) -> Callable[[web.Application], Awaitabl
 
     async def start(app: web.Application) -> str:
         server = await aiohttp_server(app)
-        return str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
+        return str(server.make_url("")).rstrip("/")
 
     return start
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from passlib.hash import apr_md5_crypt
 
 from proxy.cli import main
 from tests.authservers import BearerUpstream, TokenEndpoint
 from tests.orthanc import free_port
 
+RunCheck = Callable[..., Awaitable[tuple[int, str]]]
 UPSTREAM = ["--upstream-url", "http://127.0.0.1:9/dicom-web"]
 
 
@@ -85,7 +87,7 @@ def test_invalid_auth_options_exit_2_naming_the_option(
 
 
 @pytest.fixture
-def run_check(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> Callable[..., object]:
+def run_check(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> RunCheck:
     """Run ``dicomweb-proxy check`` in a thread (it runs its own event loop)."""
 
     async def run(*args: str) -> tuple[int, str]:
@@ -109,12 +111,12 @@ def oauth2_args(idp: TokenEndpoint, upstream_url: str, tmp_path: Path) -> list[s
 
 
 async def test_check_reports_each_step_ok(
-    run_check: Callable[..., object],
+    run_check: RunCheck,
     idp: TokenEndpoint,
     oauth_upstream: BearerUpstream,
     tmp_path: Path,
 ) -> None:
-    status, out = await run_check(*oauth2_args(idp, oauth_upstream.url, tmp_path))  # type: ignore[misc]
+    status, out = await run_check(*oauth2_args(idp, oauth_upstream.url, tmp_path))
     assert status == 0, out
     assert f"upstream auth: ok - oauth2 client 'proxy-client' at {idp.url}: credential ready" in out
     assert "QIDO-RS: ok - HTTP 200" in out
@@ -124,13 +126,13 @@ async def test_check_reports_each_step_ok(
 
 
 async def test_check_names_an_unreachable_token_endpoint(
-    run_check: Callable[..., object],
+    run_check: RunCheck,
     idp: TokenEndpoint,
     oauth_upstream: BearerUpstream,
     tmp_path: Path,
 ) -> None:
     idp.url = f"http://127.0.0.1:{free_port()}/token"
-    status, out = await run_check(*oauth2_args(idp, oauth_upstream.url, tmp_path))  # type: ignore[misc]
+    status, out = await run_check(*oauth2_args(idp, oauth_upstream.url, tmp_path))
     assert status == 1
     assert "upstream auth: FAILED" in out
     assert "the OAuth2 token endpoint is unreachable" in out
@@ -139,7 +141,7 @@ async def test_check_names_an_unreachable_token_endpoint(
 
 
 async def test_check_names_a_rejected_client(
-    run_check: Callable[..., object],
+    run_check: RunCheck,
     idp: TokenEndpoint,
     oauth_upstream: BearerUpstream,
     tmp_path: Path,
@@ -148,20 +150,20 @@ async def test_check_names_a_rejected_client(
     args = oauth2_args(idp, oauth_upstream.url, tmp_path)
     secrets_checked.add(idp.client_secret)
     idp.client_secret = "expected-other-secret"
-    status, out = await run_check(*args)  # type: ignore[misc]
+    status, out = await run_check(*args)
     assert status == 1
     assert "the OAuth2 token endpoint rejected the client: HTTP 401 (invalid_client)" in out
 
 
 async def test_check_names_an_upstream_401(
-    run_check: Callable[..., object],
+    run_check: RunCheck,
     idp: TokenEndpoint,
-    serve: Callable[..., object],
+    serve: Callable[[web.Application], Awaitable[str]],
     tmp_path: Path,
 ) -> None:
     refusing = BearerUpstream(lambda authorization: False)
-    base = await serve(refusing.app) + "/dicom-web"  # type: ignore[misc, operator]
-    status, out = await run_check(*oauth2_args(idp, base, tmp_path))  # type: ignore[misc]
+    base = await serve(refusing.app) + "/dicom-web"
+    status, out = await run_check(*oauth2_args(idp, base, tmp_path))
     assert status == 1
     assert "upstream auth: ok" in out
     assert "QIDO-RS: FAILED - the upstream rejected the credentials: HTTP 401" in out

@@ -26,7 +26,7 @@ def credentials_for(
         token_url=idp.url,
         client_id=idp.client_id,
         secret=Secret(inline=secret if secret is not None else idp.client_secret),
-        **config,  # type: ignore[arg-type]
+        **config,
     )
     return OAuth2Credentials(client, timeout=5, clock=clock)
 

@@ -69,7 +69,7 @@ def test_without_upstream_auth_the_orthanc_401_passes_through(
     proxy = start_proxy(guarded.dicomweb)
     with pytest.raises(HTTPError) as caught:
         DICOMwebClient(url=proxy.dicomweb).search_for_studies()
-    assert caught.value.response.status_code == 401
+    assert getattr(caught.value.response, "status_code", None) == 401
 
 
 def test_passthrough_forwards_the_clients_basic_credentials(
@@ -84,7 +84,7 @@ def test_passthrough_forwards_the_clients_basic_credentials(
     )
     with pytest.raises(HTTPError) as caught:
         DICOMwebClient(url=proxy.dicomweb).search_for_studies()
-    assert caught.value.response.status_code == 401
+    assert getattr(caught.value.response, "status_code", None) == 401
 
 
 async def test_check_against_a_guarded_orthanc(
