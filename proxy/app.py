@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from proxy import auth, forward
 from proxy import exchange as exchanges
-from proxy import forward
 from proxy.admin import ADMIN_TOKEN, load_admin_token
 from proxy.cache import routes as cache_routes
 from proxy.cache.routes import CACHE
@@ -42,7 +42,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[problem_middleware, cors_middleware],
+        # Inbound auth after CORS: browsers send preflights without credentials.
+        middlewares=[problem_middleware, cors_middleware, auth.inbound_middleware],
         client_max_size=0,
         handler_args={"max_field_size": 16384, "max_line_size": 16384},
     )
@@ -52,6 +53,10 @@ def create_app(settings: Settings) -> web.Application:
     token = load_admin_token(settings)
     if token:
         app[ADMIN_TOKEN] = token
+    gate = auth.inbound_from(settings)
+    if gate is not None:
+        app[auth.INBOUND] = gate
+    app[auth.PARTITIONER] = auth.partitioner_from(settings)
     app.cleanup_ctx.append(_upstream_ctx)
     if not settings.no_cache:
         app.cleanup_ctx.append(_cache_ctx)
@@ -67,7 +72,7 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    upstream = Upstream(app[SETTINGS])
+    upstream = Upstream(app[SETTINGS], auth.credentials_from(app[SETTINGS]))
     app[UPSTREAM] = upstream
     app[READINESS] = Readiness(app[SETTINGS], upstream)
     yield
@@ -97,7 +102,8 @@ async def dicomweb(request: web.Request) -> web.StreamResponse:
     if app[STOPPING].is_set():
         raise ShuttingDown("the proxy is shutting down")
     settings = app[SETTINGS]
-    exchange = exchanges.build(request, settings, pass_credentials=False)
+    passthrough = settings.upstream_auth == "passthrough"
+    exchange = exchanges.build(request, settings, pass_credentials=passthrough)
     request[exchanges.EXCHANGE] = exchange
     cache = app.get(CACHE)
     policy = cache.policy_for(request, exchange, SHARED_PARTITION) if cache else None

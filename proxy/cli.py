@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from proxy import __version__, settings
+from proxy import __version__, auth, settings
 from proxy.app import create_app
 from proxy.settings import Settings, SettingsError
 
@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = build_parser().parse_args(args)
     try:
         config = settings.load(flags, os.environ)
+        auth.validate(config)
     except SettingsError as exc:
         print(f"dicomweb-proxy: {exc}", file=sys.stderr)
         return 2
@@ -75,17 +76,18 @@ def serve(config: Settings) -> int:
 
 
 def check(config: Settings) -> int:
-    from proxy.health import Readiness
+    """Reach the upstream with the configured auth; say which step failed."""
+    from proxy.health import diagnose
     from proxy.upstream import Upstream
 
-    async def probe() -> dict[str, object]:
-        upstream = Upstream(config)
+    async def probe() -> list[tuple[str, bool, str]]:
+        upstream = Upstream(config, auth.credentials_from(config))
         try:
-            return await Readiness(config, upstream).check()
+            return await diagnose(config, upstream)
         finally:
             await upstream.close()
 
-    report = asyncio.run(probe())
-    for key, value in report.items():
-        print(f"{key}: {value}")
-    return 0 if report["ready"] else 1
+    findings = asyncio.run(probe())
+    for step, passed, detail in findings:
+        print(f"{step}: {'ok' if passed else 'FAILED'} - {detail}")
+    return 0 if all(passed for _, passed, _ in findings) else 1

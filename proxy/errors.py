@@ -13,7 +13,8 @@
      ├── InsufficientStorage (507)
      ├── UpstreamError (502)
      │    ├── UpstreamUnreachable (502)
-     │    └── UpstreamInvalid (502)
+     │    ├── UpstreamInvalid (502)
+     │    └── UpstreamAuthFailed (502)
      ├── UpstreamTimeout (504)
      └── ShuttingDown (503)
 
@@ -101,6 +102,13 @@ class UpstreamUnreachable(UpstreamError):
 
 class UpstreamInvalid(UpstreamError):
     title = "Invalid upstream response"
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """The proxy could not obtain upstream credentials (e.g. the OAuth2 token endpoint
+    is unreachable or rejected the client).  The detail never carries a secret."""
+
+    title = "Upstream authentication failed"
 
 
 class UpstreamTimeout(ProxyError):

@@ -223,6 +223,53 @@ class Settings:
     inbound_auth: str = field(
         default="none", metadata=opt("client authentication", choice("none", "basic", "bearer"))
     )
+    inbound_htpasswd: str | None = field(
+        default=None,
+        metadata=opt(
+            "htpasswd file for --inbound-auth basic (bcrypt, sha256/512-crypt)", parse_optional_str
+        ),
+    )
+    inbound_tokens_file: str | None = field(
+        default=None,
+        metadata=opt("bearer tokens for --inbound-auth bearer, one per line", parse_optional_str),
+    )
+    upstream_username: str | None = field(
+        default=None, metadata=opt("user for --upstream-auth basic", parse_optional_str)
+    )
+    upstream_password: str | None = field(
+        default=None,
+        metadata=opt("password for --upstream-auth basic", parse_optional_str, secret=True),
+    )
+    upstream_password_file: str | None = field(
+        default=None, metadata=opt("file holding the upstream password", parse_optional_str)
+    )
+    upstream_token: str | None = field(
+        default=None,
+        metadata=opt("token for --upstream-auth bearer", parse_optional_str, secret=True),
+    )
+    upstream_token_file: str | None = field(
+        default=None,
+        metadata=opt("file holding the upstream token, re-read on change", parse_optional_str),
+    )
+    oauth2_token_url: str | None = field(
+        default=None, metadata=opt("OAuth2 token endpoint", parse_optional_url)
+    )
+    oauth2_client_id: str | None = field(
+        default=None, metadata=opt("OAuth2 client id", parse_optional_str)
+    )
+    oauth2_client_secret: str | None = field(
+        default=None, metadata=opt("OAuth2 client secret", parse_optional_str, secret=True)
+    )
+    oauth2_client_secret_file: str | None = field(
+        default=None, metadata=opt("file holding the OAuth2 client secret", parse_optional_str)
+    )
+    oauth2_scope: str | None = field(
+        default=None, metadata=opt("OAuth2 scope(s), space separated", parse_optional_str)
+    )
+    oauth2_client_auth: str = field(
+        default="basic",
+        metadata=opt("how the client authenticates to the token endpoint", choice("basic", "body")),
+    )
     admin_token: str | None = field(
         default=None,
         metadata=opt("bearer token enabling /admin/*", parse_optional_str, secret=True),
@@ -298,6 +345,11 @@ class Settings:
     @property
     def listen_port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    def __repr__(self) -> str:
+        """Secrets masked: a Settings may end up in a traceback or a debug log."""
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.masked().items())
+        return f"Settings({shown})"
 
     def masked(self) -> dict[str, object]:
         """The effective configuration with every secret replaced, for start-up logs."""

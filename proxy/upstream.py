@@ -4,30 +4,40 @@ Timeouts (SPEC section 1, ``--upstream-timeout``): connecting and waiting for th
 byte of the response are bounded; a body may take as long as it needs as long as it
 never stalls for longer than the same idle timeout.  There is no total deadline: a
 2 GiB study retrieve takes minutes.
+
+Credentials (SPEC section 4): with a provider, every request (the readiness probe
+included) carries the provider's ``Authorization``; a 401 makes the provider renew
+its credential once, and a request whose body can be sent again is retried with it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.auth.credentials import Credentials
 from proxy.errors import UpstreamError, UpstreamInvalid, UpstreamTimeout, UpstreamUnreachable
 from proxy.settings import Settings
 
 CHUNK = 256 * 1024
 
+Body = AsyncIterable[bytes] | bytes | None
+# Called once per attempt, returning a fresh body: marks the body as replayable.
+BodyFactory = Callable[[], Body]
+
 
 class Upstream:
     """Owns the pooled :class:`aiohttp.ClientSession` and the upstream base URL."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, credentials: Credentials | None = None) -> None:
         self.base = URL(settings.upstream_url)
         self.settings = settings
+        self.credentials = credentials
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=settings.upstream_timeout,
@@ -54,23 +64,71 @@ class Upstream:
         method: str,
         url: URL,
         headers: Mapping[str, str] | CIMultiDict[str],
-        data: AsyncIterable[bytes] | bytes | None = None,
+        data: Body | BodyFactory = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send one request; yield the response with its headers read.
 
-        Every aiohttp failure is translated here, once, into the proxy's error tree.
+        ``data`` is bytes, a stream, or a factory returning a fresh stream per attempt;
+        only bytes, no body and a factory can be sent twice after a 401.  Every
+        aiohttp failure is translated here, once, into the proxy's error tree.
         """
-        with translate_errors():
-            response = await self.session.request(
-                method, url, headers=headers, data=data, allow_redirects=False
-            )
+        response = await self._send(method, url, headers, data)
         try:
             yield response
         finally:
             response.release()
 
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str] | CIMultiDict[str],
+        data: Body | BodyFactory,
+    ) -> aiohttp.ClientResponse:
+        """One attempt, and a second one after a 401 when the credential was renewed."""
+        sent = await self._authorization()
+        response = await self._attempt(method, url, headers, data, sent)
+        if response.status != 401 or self.credentials is None or sent is None:
+            return response
+        try:
+            # Renew even when the body cannot be replayed: the next request benefits.
+            renewed = await self.credentials.renew(sent)
+        except BaseException:
+            response.release()
+            raise
+        if not renewed or not _replayable(data):
+            return response
+        response.release()
+        return await self._attempt(method, url, headers, data, await self._authorization())
+
+    async def _attempt(
+        self,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str] | CIMultiDict[str],
+        data: Body | BodyFactory,
+        authorization: str | None,
+    ) -> aiohttp.ClientResponse:
+        if authorization is not None:
+            headers = CIMultiDict(headers)  # the caller's mapping is never changed
+            headers["Authorization"] = authorization
+        body = data() if callable(data) else data
+        with translate_errors():
+            return await self.session.request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            )
+
+    async def _authorization(self) -> str | None:
+        return await self.credentials.authorization() if self.credentials else None
+
     async def close(self) -> None:
         await self.session.close()
+        if self.credentials is not None:
+            await self.credentials.close()
+
+
+def _replayable(data: Body | BodyFactory) -> bool:
+    return data is None or isinstance(data, bytes) or callable(data)
 
 
 async def iter_body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

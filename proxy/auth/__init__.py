@@ -1,0 +1,35 @@
+"""Authentication (SPEC section 4): who may use the proxy, and how it signs in upstream.
+
+::
+
+    watched.py      WatchedFile: a small secret/config file re-read when it changes
+    inbound.py      client -> proxy: htpasswd Basic or static bearer tokens (a middleware)
+    credentials.py  proxy -> upstream: the Credentials protocol, Basic and bearer providers
+    oauth2.py       proxy -> upstream: OAuth2 client-credentials tokens (RFC 6749 4.4)
+    partition.py    the cache partition of a request (per credential with passthrough)
+    config.py       Settings -> the objects above; start-up validation naming the option
+
+Dependencies point one way: ``config`` imports the rest; nothing here imports the app.
+No secret is ever logged, put in an exception message or shown by a ``repr``.
+"""
+
+from __future__ import annotations
+
+from proxy.auth.config import credentials_from, inbound_from, partitioner_from, validate
+from proxy.auth.credentials import Credentials
+from proxy.auth.inbound import INBOUND, inbound_middleware
+from proxy.auth.partition import PARTITIONER, SHARED, Partitioner, partition
+
+__all__ = [
+    "INBOUND",
+    "PARTITIONER",
+    "SHARED",
+    "Credentials",
+    "Partitioner",
+    "credentials_from",
+    "inbound_from",
+    "inbound_middleware",
+    "partition",
+    "partitioner_from",
+    "validate",
+]
