@@ -401,7 +401,7 @@ def _only_action(line: str) -> bool:
 YAML_TEMPLATES = sorted(TEMPLATES.glob("*.yaml"))
 # Defines in _helpers.tpl that produce YAML (the others produce one scalar).
 YAML_DEFINES = [
-    "dicomweb-proxy.env",
+    "dicomweb-proxy.envBase",
     "dicomweb-proxy.probe",
     "dicomweb-proxy.container",
     "dicomweb-proxy.volumes",
@@ -450,6 +450,7 @@ ALIAS = re.compile(r"\$(\w+)\s*:=\s*\.Values((?:\.[A-Za-z_]\w*)+)\s*-?\}\}")
 # Defines whose argument is the values themselves (see their comments in _helpers.tpl).
 VALUES_ARGUMENT_DEFINES = [
     "dicomweb-proxy.env",
+    "dicomweb-proxy.envBase",
     "dicomweb-proxy.cacheSize",
     "dicomweb-proxy.needsSecret",
 ]
@@ -505,7 +506,7 @@ def test_container_probes_and_hardening(values: dict[str, Any]) -> None:
 
 
 def test_credentials_are_files_never_environment() -> None:
-    env = helper_defines()["dicomweb-proxy.env"]
+    env = helper_defines()["dicomweb-proxy.envBase"]
     names = set(re.findall(r"^(DICOMWEB_PROXY_\w+):", env, re.MULTILINE))
     secret_options = {
         option_env(name) for name, item in OPTION_FIELDS.items() if item.metadata["secret"]

@@ -82,10 +82,19 @@ emptyDir is never evicted for exceeding its sizeLimit.  Argument: the values.
 {{- end }}
 
 {{/*
-Non-secret options as DICOMWEB_PROXY_* variables (the ConfigMap's data).  Credentials are
-never here: only the paths of the files the Secret is mounted as.  Argument: the values.
+Non-secret options as DICOMWEB_PROXY_* variables (the ConfigMap's data), proxy.extraEnv
+overriding the chart's own.  Credentials are never here: only the paths of the files the
+Secret is mounted as.  Argument: the values.
 */}}
 {{- define "dicomweb-proxy.env" -}}
+{{- $env := include "dicomweb-proxy.envBase" . | fromYaml }}
+{{- range $key, $value := .proxy.extraEnv }}
+{{- $_ := set $env $key (toString $value) }}
+{{- end }}
+{{- toYaml $env }}
+{{- end }}
+
+{{- define "dicomweb-proxy.envBase" -}}
 {{- $secrets := "/etc/dicomweb-proxy/secrets" }}
 DICOMWEB_PROXY_UPSTREAM_URL: {{ required "upstream.url is required (the DICOMweb origin, e.g. http://orthanc:8042/dicom-web)" .upstream.url | quote }}
 DICOMWEB_PROXY_UPSTREAM_AUTH: {{ .upstream.auth | quote }}
@@ -141,9 +150,6 @@ DICOMWEB_PROXY_STOW_MAX_INSTANCES: {{ .proxy.stow.maxInstances | quote }}
 DICOMWEB_PROXY_STOW_MAX_BYTES: {{ .proxy.stow.maxBytes | quote }}
 DICOMWEB_PROXY_STOW_CONCURRENCY: {{ .proxy.stow.concurrency | quote }}
 DICOMWEB_PROXY_STOW_RETRIES: {{ .proxy.stow.retries | quote }}
-{{- range $key, $value := .proxy.extraEnv }}
-{{ $key }}: {{ $value | quote }}
-{{- end }}
 {{- end }}
 
 {{/*
