@@ -12,6 +12,7 @@ import copy
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -34,6 +35,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 CHART = ROOT / "helm" / "dicomweb-proxy"
 TEMPLATES = CHART / "templates"
 DASHBOARD = CHART / "dashboards" / "dicomweb-proxy.json"
+# What the Dockerfile's build stage copies; the wheel test builds from exactly these.
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "proxy")
 
 # Options the chart sets that the auth work (another branch) adds to proxy/settings.py.
 # Once it is merged, names found in OPTION_FIELDS no longer need this list: delete it.
@@ -74,13 +77,27 @@ TARGET_LABELS = {"namespace", "job", "pod", "instance"}
 def test_wheel_builds_installs_into_a_fresh_virtualenv_and_runs(tmp_path: Path) -> None:
     """``pip wheel . --no-deps``, install into a new venv, run the console script.
 
+    The wheel is built from a copy of the files the Dockerfile's build stage copies, so a
+    file the build needs but the image does not get fails here too.
+
     Nothing is downloaded: the build uses this environment's setuptools (no build
     isolation) and the fresh venv borrows the already installed dependencies through a
     ``.pth`` line; the ``proxy`` package itself must come from the wheel.
     """
+    source = tmp_path / "src"  # exactly what the Dockerfile's build stage copies
+    source.mkdir()
+    for name in WHEEL_SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(
+                ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
     offline = ["--no-deps", "--no-build-isolation", "--no-index"]
-    _run(sys.executable, "-m", "pip", "wheel", str(ROOT), *offline, "-w", str(wheels), cwd=tmp_path)
+    _run(
+        sys.executable, "-m", "pip", "wheel", str(source), *offline, "-w", str(wheels), cwd=tmp_path
+    )
     (wheel,) = wheels.glob("dicomweb_proxy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "proxy/cli.py" in names and "proxy/dicomweb/uri.py" in names
@@ -165,6 +182,8 @@ def test_dockerfile_builds_a_wheel_then_installs_it_into_a_slim_runtime(stages: 
     build, runtime = stages
     assert re.match(r"python:\$\{PYTHON_VERSION\}-slim AS build", _args(build, "FROM")[0])
     assert any("pip wheel" in run for run in _args(build, "RUN"))
+    copied = {source for line in _args(build, "COPY") for source in line.split()[:-1]}
+    assert copied == set(WHEEL_SOURCES), "the wheel test builds from the same files"
     assert re.match(r"python:\$\{PYTHON_VERSION\}-slim AS runtime", _args(runtime, "FROM")[0])
     assert any("pip install --no-index" in run for run in _args(runtime, "RUN"))
     version = re.search(r"ARG PYTHON_VERSION=(\S+)", DOCKERFILE.read_text())
