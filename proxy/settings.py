@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -77,6 +79,29 @@ def parse_positive_int(text: object) -> int:
     if value == 0:
         raise ValueError("must be at least 1")
     return value
+
+
+def parse_workers(text: object) -> int:
+    """A positive count, or ``auto``: one per CPU this process may use (the image default)."""
+    if str(text).strip().lower() == "auto":
+        return available_cpus()
+    return parse_positive_int(text)
+
+
+def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs in this process's affinity mask, capped by a cgroup v2 CPU quota when one is set.
+
+    ``os.cpu_count()`` reports the host's CPUs; a container limited to 2 CPUs on a
+    64-CPU node must not start 64 workers.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            count = min(count or 1, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the affinity mask is the limit
+    return max(1, count or 1)
 
 
 def parse_bool(text: object) -> bool:
@@ -173,7 +198,9 @@ class Settings:
         default=False,
         metadata=opt("honour Forwarded / X-Forwarded-* from clients", parse_bool, flag=True),
     )
-    workers: int = field(default=1, metadata=opt("worker processes", parse_positive_int))
+    workers: int = field(
+        default=1, metadata=opt("worker processes, or auto (one per CPU)", parse_workers)
+    )
     data_dir: str = field(
         default="./.dicomweb-proxy", metadata=opt("cache, spool, dead-letter home", parse_str)
     )
