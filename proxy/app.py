@@ -34,9 +34,6 @@ STOPPING = web.AppKey("stopping", asyncio.Event)
 StudiesChanged = Callable[[set[str]], Awaitable[None]]
 STUDIES_CHANGED = web.AppKey("studies_changed", list[StudiesChanged])
 
-# Every client shares one cache partition unless --upstream-auth passthrough.
-SHARED_PARTITION = "shared"
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -106,7 +103,7 @@ async def dicomweb(request: web.Request) -> web.StreamResponse:
     exchange = exchanges.build(request, settings, pass_credentials=passthrough)
     request[exchanges.EXCHANGE] = exchange
     cache = app.get(CACHE)
-    policy = cache.policy_for(request, exchange, SHARED_PARTITION) if cache else None
+    policy = cache.policy_for(request, exchange, auth.partition(request)) if cache else None
     if cache is not None and policy is not None:
         return await cache.handle(request, exchange, policy)
     return await forward.forward(request, exchange, app[UPSTREAM], settings.max_body)

@@ -105,3 +105,28 @@ async def test_check_against_a_guarded_orthanc(
     out = capfd.readouterr().out
     assert "QIDO-RS: FAILED - the upstream rejected the credentials: HTTP 401" in out
     assert PASSWORD not in out
+
+
+def test_passthrough_partitions_the_cache_per_credential(
+    guarded: Orthanc,
+    guarded_study: Study,
+    start_proxy: Callable[..., ProxyThread],
+    secrets_checked: set[str],
+) -> None:
+    """An instance alice fetched is never served from the cache to another credential."""
+    secrets_checked.add(PASSWORD)
+    proxy = start_proxy(guarded.dicomweb, upstream_auth="passthrough")
+    series_uid, sop_uid, _ = guarded_study.instances[0]
+    url = f"{proxy.dicomweb}/studies/{guarded_study.uid}/series/{series_uid}/instances/{sop_uid}"
+    alice = requests.get(url, auth=("alice", PASSWORD), timeout=30)
+    assert alice.status_code == 200 and alice.headers["X-Cache"] == "MISS"
+    for _ in range(50):  # the fill commits right after the last byte
+        again = requests.get(url, auth=("alice", PASSWORD), timeout=30)
+        if again.headers["X-Cache"] == "HIT":
+            break
+    assert again.headers["X-Cache"] == "HIT" and again.content == alice.content
+    mallory = requests.get(url, auth=("mallory", "guess"), timeout=30)
+    assert mallory.status_code == 401
+    assert mallory.headers.get("X-Cache") == "MISS"
+    anonymous = requests.get(url, timeout=30)
+    assert anonymous.status_code == 401
