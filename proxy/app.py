@@ -15,9 +15,11 @@ from aiohttp import web
 from proxy import exchange as exchanges
 from proxy import forward
 from proxy.admin import ADMIN_TOKEN, load_admin_token
+from proxy.dicomweb.uri import Transaction
 from proxy.errors import PROBLEM_JSON, NotFound, ProxyError, ShuttingDown
 from proxy.health import Readiness
 from proxy.settings import Settings
+from proxy.stow import http as stow_http
 from proxy.upstream import Upstream
 
 log = logging.getLogger("dicomweb_proxy")
@@ -50,6 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_cors_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    stow_http.add_admin_routes(app, _stow_context)
     base = settings.base_path
     app.router.add_route("*", base, dicomweb)
     app.router.add_route("*", base + "/{tail:.*}", dicomweb)
@@ -79,7 +82,14 @@ async def dicomweb(request: web.Request) -> web.StreamResponse:
     settings = app[SETTINGS]
     exchange = exchanges.build(request, settings, pass_credentials=False)
     request[exchanges.EXCHANGE] = exchange
+    if exchange.resource.transaction is Transaction.STOW:
+        return await stow_http.handle(request, exchange, _stow_context(request))
     return await forward.forward(request, exchange, app[UPSTREAM], settings.max_body)
+
+
+def _stow_context(request: web.Request) -> stow_http.Context:
+    app = request.app
+    return stow_http.Context(app[SETTINGS], app[UPSTREAM], app[STUDIES_CHANGED])
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
