@@ -41,20 +41,44 @@ class Batch:
 def plan(
     kind: Kind, instances: Sequence[Instance], max_instances: int, max_bytes: int
 ) -> list[Batch]:
-    """Fill batches in body order until either limit would be exceeded."""
+    """Fill batches in body order until either limit would be exceeded; sizes count the
+    multipart framing too, so ``max_bytes`` bounds the whole request body."""
     batches: list[Batch] = []
     current: list[Instance] = []
-    size = 0
+    size = _frame_size(kind)
     for instance in instances:
-        full = len(current) >= max_instances or size + instance.size > max_bytes
+        wire = wire_size(instance)
+        full = len(current) >= max_instances or size + wire > max_bytes
         if current and full:
             batches.append(Batch(kind, tuple(current)))
-            current, size = [], 0
+            current, size = [], _frame_size(kind)
         current.append(instance)
-        size += instance.size
+        size += wire
     if current:
         batches.append(Batch(kind, tuple(current)))
     return batches
+
+
+# Every boundary new_boundary() makes has this length.
+_SAMPLE_BOUNDARY = "x" * len(multipart.new_boundary())
+
+
+def wire_size(instance: Instance) -> int:
+    """The bytes one instance adds to a body (shared bulk parts counted each time)."""
+    framing = sum(len(multipart.part_head(_SAMPLE_BOUNDARY, _headers(p))) for p in instance.parts)
+    separators = len(multipart.PART_END) * len(instance.parts)
+    comma = 1 if instance.metadata else 0
+    return instance.size + framing + separators + comma
+
+
+def _frame_size(kind: Kind) -> int:
+    """Closing delimiter, and for JSON the metadata part's framing (length estimated
+    with ten digits, so the estimate errs on the large side)."""
+    size = len(multipart.closing(_SAMPLE_BOUNDARY))
+    if kind is Kind.JSON:
+        head = [("Content-Type", Kind.JSON.value), ("Content-Length", "0" * 10)]
+        size += len(multipart.part_head(_SAMPLE_BOUNDARY, head)) + len(multipart.PART_END) + 2
+    return size
 
 
 @dataclass(frozen=True)
