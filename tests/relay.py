@@ -52,6 +52,8 @@ class Relay:
     faults: Faults = field(default_factory=Faults)
     received: list[Received] = field(default_factory=list)
     port: int = field(default_factory=free_port)
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     @property
     def dicomweb(self) -> str:
@@ -93,6 +95,14 @@ class Relay:
         await self.session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._record(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _record(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         record = Received(
             request.path, dict(request.headers), await _parts(request, body), len(body)

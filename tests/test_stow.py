@@ -105,6 +105,7 @@ def test_120_instances_go_in_5_batches(
     assert all("Content-Length" in r.headers for r in relay.stow_requests)
     boundaries = {r.headers["Content-Type"].rsplit("boundary=", 1)[1] for r in relay.stow_requests}
     assert len(boundaries) == 5
+    assert 1 <= relay.max_in_flight <= 2  # --stow-concurrency
     assert stored(orthanc, study.uid) == {uid for _, uid, _ in study.instances}
     document = response.json()
     assert referenced(document) == {uid for _, uid, _ in study.instances}

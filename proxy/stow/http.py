@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -15,12 +16,15 @@ from proxy import headers as hdrs
 from proxy.admin import require_admin
 from proxy.dicomweb import stow_response
 from proxy.dicomweb.multipart import parse_media_type
+from proxy.errors import BadRequest
 from proxy.exchange import Exchange, request_id
 from proxy.settings import Settings
 from proxy.stow.dead_letter import DeadLetter
 from proxy.stow.service import Outcome, Request, replay, store
 from proxy.stow.spool import kind_of
 from proxy.upstream import Upstream
+
+log = logging.getLogger("dicomweb_proxy")
 
 StudiesChanged = Callable[[set[str]], Awaitable[None]]
 _XML = frozenset({"application/dicom+xml", "application/xml", "text/xml"})
@@ -46,7 +50,18 @@ async def handle(request: web.Request, exchange: Exchange, context: Context) -> 
         headers=exchange.upstream_headers,
         rewriter=exchange.rewriter,
     )
-    outcome = await store(body, content_type, stow, context.settings, context.upstream)
+    try:
+        outcome = await store(body, content_type, stow, context.settings, context.upstream)
+    except ConnectionResetError:
+        # The client went away mid-upload: the spool is already cleaned, nothing sent.
+        log.info("STOW client disconnected before the body was complete [%s]", stow.request_id)
+        raise BadRequest("the client closed the connection mid-upload") from None
+    if outcome.dead_lettered:
+        log.warning(
+            "STOW: %d instances kept in the dead letter [%s]",
+            outcome.dead_lettered,
+            stow.request_id,
+        )
     await _notify(context, set(outcome.stored_studies))
     return render(request, outcome, exchange.request_id)
 

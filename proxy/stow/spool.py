@@ -27,6 +27,7 @@ from proxy.dicomweb.stow_response import CANNOT_UNDERSTAND, Failed, Sop
 from proxy.errors import InsufficientStorage, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 
 MAX_METADATA_BYTES = 64 * 1024**2
+WRITE_SIZE = 1024**2
 _IDENTITY_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -122,13 +123,21 @@ async def _part_body(reader: MultipartReader) -> AsyncIterator[bytes]:
 async def _write(
     chunks: AsyncIterable[bytes], path: Path, content_type: str, location: str
 ) -> SpooledPart:
-    """One part to one file; a full disk is a 507 (the caller removes the directory)."""
+    """One part to one file; a full disk is a 507 (the caller removes the directory).
+
+    Small network chunks are gathered into writes of about :data:`WRITE_SIZE` so the
+    worker-thread hop per write stays cheap."""
     size = 0
+    pending = bytearray()
     try:
         async with aiofiles.open(path, "wb") as handle:
             async for chunk in chunks:
-                await handle.write(chunk)
+                pending += chunk
                 size += len(chunk)
+                if len(pending) >= WRITE_SIZE:
+                    await handle.write(bytes(pending))
+                    pending.clear()
+            await handle.write(bytes(pending))
     except OSError as exc:
         if exc.errno in _NO_SPACE:
             raise InsufficientStorage("the proxy's spool disk is full") from exc
