@@ -6,6 +6,7 @@ what the upstream received; that is how batching and retries are proven.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import socket
@@ -13,6 +14,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -21,6 +23,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from proxy.app import STUDIES_CHANGED
 from proxy.cli import main as cli_main
+from proxy.stow import spool as spool_module
 from tests.dicomgen import make_study
 from tests.orthanc import Orthanc
 from tests.relay import Faults, Relay
@@ -404,3 +407,27 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.01)
+
+
+def test_full_spool_disk_is_507_and_stores_nothing(
+    relay: Relay, start_proxy: Callable[..., ProxyThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = spool_module.aiofiles.open
+    opened: list[str] = []
+
+    def open_until_full(path: Any, mode: str = "r", **kwargs: Any) -> Any:
+        if mode == "wb":
+            opened.append(str(path))
+            if len(opened) >= 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, **kwargs)
+
+    monkeypatch.setattr(spool_module.aiofiles, "open", open_until_full)
+    proxy = start_proxy(relay.dicomweb, **FAST)
+    study = make_study(1, 4, rows=16, columns=16)
+    response = post(proxy.dicomweb, dicom_parts([d for _, _, d in study.instances]), DICOM_TYPE)
+    assert response.status_code == 507
+    assert response.json()["title"] == "Insufficient storage"
+    assert len(opened) == 3
+    assert relay.received == []
+    assert spool_files(proxy) == []
