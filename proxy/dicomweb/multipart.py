@@ -173,7 +173,12 @@ def _header_end(buffer: bytes) -> tuple[int, int] | None:
         return 0, 2
     if buffer.startswith(b"\n"):
         return 0, 1
-    found = [(i, i + len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (i := buffer.find(sep)) >= 0]
+    limit = MAX_HEADER_BYTES + 4  # never scan a part body looking for its headers' end
+    found = [
+        (i, i + len(sep))
+        for sep in (b"\r\n\r\n", b"\n\n")
+        if (i := buffer.find(sep, 0, limit)) >= 0
+    ]
     return min(found) if found else None
 
 

@@ -14,7 +14,9 @@ The spool directory is removed whatever happens, a client disconnect included.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from proxy.stow.dead_letter import DeadLetter, new_record
 from proxy.stow.send import RETRYABLE, Policy, Sender, Sent
 from proxy.stow.spool import Kind, spool
 from proxy.upstream import Upstream
+
+log = logging.getLogger("dicomweb_proxy")
 
 # Failures an operator can fix (credentials, upstream limits, upstream disk).
 OPERATOR_FIXABLE = frozenset({401, 403, 413, 507})
@@ -61,8 +65,10 @@ async def store(
     upstream: Upstream,
 ) -> Outcome:
     directory = settings.spool_path / uuid.uuid4().hex
+    started = time.perf_counter()
     try:
         spooled = await spool(chunks, content_type, directory)
+        spooled_at = time.perf_counter()
         batches = plan(
             spooled.kind,
             spooled.instances,
@@ -78,6 +84,14 @@ async def store(
             spooled.params,
         )
         sent = await sender.send_all(batches)
+        log.debug(
+            "STOW %d instances spooled in %.2f s, %d batches sent in %.2f s [%s]",
+            len(spooled.instances),
+            spooled_at - started,
+            len(batches),
+            time.perf_counter() - spooled_at,
+            request.request_id,
+        )
         kept = await keep_failures(sent, spooled.kind, request, settings)
     finally:
         # Synchronous on purpose: it must also run when the task is being cancelled.
