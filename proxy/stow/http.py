@@ -20,7 +20,7 @@ from proxy.errors import BadRequest
 from proxy.exchange import Exchange, request_id
 from proxy.settings import Settings
 from proxy.stow.dead_letter import DeadLetter
-from proxy.stow.service import Outcome, Request, replay, store
+from proxy.stow.service import Outcome, StowRequest, replay, store
 from proxy.stow.spool import kind_of
 from proxy.upstream import Upstream
 
@@ -43,7 +43,7 @@ async def handle(request: web.Request, exchange: Exchange, context: Context) -> 
     content_type = request.headers.get("Content-Type", "")
     kind_of(parse_media_type(content_type))  # 415 before a byte is read
     body = forward.request_body(request, context.settings.max_body) or _empty()
-    stow = Request(
+    stow = StowRequest(
         request_id=exchange.request_id,
         target=exchange.relative_path.split("?", 1)[0].strip("/"),
         url=exchange.upstream_url,

@@ -29,6 +29,15 @@ RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 16 * 1024**2
 MAX_DELAY = 60.0
 ACCEPT = "application/dicom+json"
+_BODY_HEADERS = (
+    "Content-Type",
+    "Content-Length",
+    "Content-Encoding",
+    "Content-MD5",
+    "Digest",
+    "Accept",
+    "Transfer-Encoding",
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,9 @@ class Sender:
         self.upstream = upstream
         self.url = url
         self.headers = CIMultiDict(headers)
-        for name in ("Content-Type", "Content-Length", "Accept", "Transfer-Encoding"):
+        # Describe the client's body, not a batch's (aiohttp already decoded any
+        # Content-Encoding of the client body).
+        for name in _BODY_HEADERS:
             self.headers.popall(name, None)
         self.policy = policy
         self.rewriter = rewriter

@@ -39,7 +39,7 @@ OPERATOR_FIXABLE = frozenset({401, 403, 413, 507})
 
 
 @dataclass(frozen=True)
-class Request:
+class StowRequest:
     """What the STOW service needs from one client request."""
 
     request_id: str
@@ -60,7 +60,7 @@ class Outcome:
 async def store(
     chunks: AsyncIterable[bytes],
     content_type: str,
-    request: Request,
+    request: StowRequest,
     settings: Settings,
     upstream: Upstream,
 ) -> Outcome:
@@ -100,7 +100,7 @@ async def store(
 
 
 def _outcome(
-    sent: Sequence[Sent], rejected: Sequence[Failed], request: Request, kept: int
+    sent: Sequence[Sent], rejected: Sequence[Failed], request: StowRequest, kept: int
 ) -> Outcome:
     study_of = {i.sop.sop_instance: i.study for s in sent for i in s.batch.instances}
     base = request.rewriter.public_base if request.rewriter else ""
@@ -130,7 +130,7 @@ def should_keep(sent: Sent, reason: int) -> bool:
 
 
 async def keep_failures(
-    sent: Sequence[Sent], kind: Kind, request: Request, settings: Settings
+    sent: Sequence[Sent], kind: Kind, request: StowRequest, settings: Settings
 ) -> int:
     """Move every instance :func:`should_keep` chooses into the dead letter."""
     dead_letter = DeadLetter(settings.dead_letter_path)

@@ -14,10 +14,10 @@ import enum
 import errno
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiofiles
 import pydicom
@@ -28,8 +28,8 @@ from proxy.errors import InsufficientStorage, MalformedBody, PayloadTooLarge, Un
 
 MAX_METADATA_BYTES = 64 * 1024**2
 WRITE_SIZE = 1024**2
-_IDENTITY_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_Doc = TypeVar("_Doc")
 
 
 class Kind(enum.Enum):
@@ -88,30 +88,55 @@ def kind_of(media: MediaType) -> Kind:
 
 
 async def spool(chunks: AsyncIterable[bytes], content_type: str, directory: Path) -> Spooled:
-    """Write every part under ``directory`` and identify the instances."""
+    """Write every part under ``directory`` and identify the instances.
+
+    Part 10 instances are identified in worker threads while the next parts are still
+    arriving; JSON/XML metadata is read once every part (the bulk data) is in."""
     media = parse_media_type(content_type)
     kind = kind_of(media)
     directory.mkdir(parents=True, exist_ok=True)
-    if media.main == "application/dicom":
-        parts = [await _write(chunks, directory / "part-000000", "application/dicom", "")]
-    else:
-        parts = await _write_parts(MultipartReader(chunks, boundary_of(media)), directory)
-    if not parts:
-        raise MalformedBody("the multipart body has no parts")
     params = tuple((k, v) for k, v in media.params.items() if k == "transfer-syntax")
     result = Spooled(kind, params=params)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, _identify, kind, parts, result)
+    pending: list[asyncio.Future[Instance | None]] = []
+
+    def identify(part: SpooledPart) -> None:
+        if kind is Kind.DICOM:
+            pending.append(loop.run_in_executor(None, _dicom_instance, part))
+
+    try:
+        parts = await _receive(chunks, media, directory, identify)
+        for instance in await asyncio.gather(*pending):
+            _add(result, instance)
+        if kind is not Kind.DICOM:
+            await loop.run_in_executor(None, _identify, kind, parts, result)
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        raise
     return result
 
 
-async def _write_parts(reader: MultipartReader, directory: Path) -> list[SpooledPart]:
+async def _receive(
+    chunks: AsyncIterable[bytes],
+    media: MediaType,
+    directory: Path,
+    on_part: Callable[[SpooledPart], None],
+) -> list[SpooledPart]:
+    if media.main == "application/dicom":
+        part = await _write(chunks, directory / "part-000000", "application/dicom", "")
+        on_part(part)
+        return [part]
+    reader = MultipartReader(chunks, boundary_of(media))
     parts: list[SpooledPart] = []
     while (headers := await reader.next_part()) is not None:
         path = directory / f"part-{len(parts):06d}"
         content_type = headers.get("content-type", "application/dicom")
         location = headers.get("content-location", "")
         parts.append(await _write(_part_body(reader), path, content_type, location))
+        on_part(parts[-1])
+    if not parts:
+        raise MalformedBody("the multipart body has no parts")
     return parts
 
 
@@ -149,10 +174,7 @@ async def _write(
 
 
 def _identify(kind: Kind, parts: list[SpooledPart], result: Spooled) -> None:
-    if kind is Kind.DICOM:
-        for part in parts:
-            _add(result, _dicom_instance(part))
-    elif kind is Kind.JSON:
+    if kind is Kind.JSON:
         _identify_json(parts, result)
     else:
         _identify_xml(parts, result)
@@ -168,9 +190,8 @@ def _add(result: Spooled, instance: Instance | None) -> None:
 def _dicom_instance(part: SpooledPart) -> Instance | None:
     """The UIDs from a Part 10 header; pixel data and large values are never read."""
     try:
-        dataset = pydicom.dcmread(
-            part.path, stop_before_pixels=True, defer_size=4096, specific_tags=_IDENTITY_TAGS
-        )
+        # specific_tags would be slower: pydicom still walks every element.
+        dataset = pydicom.dcmread(part.path, stop_before_pixels=True, defer_size=4096)
         sop_class = dataset.get("SOPClassUID") or dataset.file_meta.MediaStorageSOPClassUID
         values = (str(sop_class), str(dataset.SOPInstanceUID), str(dataset.StudyInstanceUID))
         series = str(dataset.get("SeriesInstanceUID", ""))
@@ -222,7 +243,7 @@ def _read_metadata(part: SpooledPart) -> bytes:
     return part.path.read_bytes()
 
 
-def _json_items(part: SpooledPart) -> list[Any]:
+def _json_items(part: SpooledPart) -> list[dict[str, Any]]:
     try:
         document = json.loads(_read_metadata(part))
     except ValueError as exc:
@@ -243,19 +264,19 @@ def _json_bulk_uris(node: object) -> Iterator[str]:
             yield from _json_bulk_uris(value)
 
 
-def _referenced_parts(uris: Any, bulk: dict[str, SpooledPart]) -> tuple[SpooledPart, ...]:
+def _referenced_parts(uris: Iterable[str], bulk: dict[str, SpooledPart]) -> tuple[SpooledPart, ...]:
     """The bulk parts named by ``uris``, each once, in body order; a URI no part carries
     is left for the upstream to resolve."""
     wanted = {uri for uri in uris if uri in bulk}
     return tuple(part for location, part in bulk.items() if location in wanted)
 
 
-def _json_uid(item: Any, tag: str) -> str:
+def _json_uid(item: dict[str, Any], tag: str) -> str:
     values = (item.get(tag) or {}).get("Value") or [""]
     return str(values[0])
 
 
-def _xml_uid(root: Any, tag: str) -> str:
+def _xml_uid(root: ET.Element, tag: str) -> str:
     for element in root:
         if element.get("tag", "").upper() == tag:
             for value in element:
@@ -264,7 +285,7 @@ def _xml_uid(root: Any, tag: str) -> str:
 
 
 def _metadata_instance(
-    uid: Any, document: Any, parts: tuple[SpooledPart, ...], metadata: bytes
+    uid: Callable[[_Doc, str], str], document: _Doc, parts: tuple[SpooledPart, ...], metadata: bytes
 ) -> Instance | None:
     sop_class, sop_instance = uid(document, "00080016"), uid(document, "00080018")
     study, series = uid(document, "0020000D"), uid(document, "0020000E")
