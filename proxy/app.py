@@ -19,9 +19,11 @@ from proxy.cache import routes as cache_routes
 from proxy.cache.routes import CACHE
 from proxy.cache.service import Cache
 from proxy.cache.store import Store
+from proxy.dicomweb.uri import Transaction
 from proxy.errors import PROBLEM_JSON, NotFound, ProxyError, ShuttingDown
 from proxy.health import Readiness
 from proxy.settings import Settings
+from proxy.stow import http as stow_http
 from proxy.upstream import Upstream
 
 log = logging.getLogger("dicomweb_proxy")
@@ -62,6 +64,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_cors_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    stow_http.add_admin_routes(app, _stow_context)
     base = settings.base_path
     app.router.add_route("*", base, dicomweb)
     app.router.add_route("*", base + "/{tail:.*}", dicomweb)
@@ -102,11 +105,18 @@ async def dicomweb(request: web.Request) -> web.StreamResponse:
     passthrough = settings.upstream_auth == "passthrough"
     exchange = exchanges.build(request, settings, pass_credentials=passthrough)
     request[exchanges.EXCHANGE] = exchange
+    if exchange.resource.transaction is Transaction.STOW:
+        return await stow_http.handle(request, exchange, _stow_context(request))
     cache = app.get(CACHE)
     policy = cache.policy_for(request, exchange, auth.partition(request)) if cache else None
     if cache is not None and policy is not None:
         return await cache.handle(request, exchange, policy)
     return await forward.forward(request, exchange, app[UPSTREAM], settings.max_body)
+
+
+def _stow_context(request: web.Request) -> stow_http.Context:
+    app = request.app
+    return stow_http.Context(app[SETTINGS], app[UPSTREAM], app[STUDIES_CHANGED])
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

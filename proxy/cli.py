@@ -18,10 +18,11 @@ from aiohttp import web
 from proxy import __version__, auth, settings
 from proxy.app import create_app
 from proxy.settings import Settings, SettingsError
+from proxy.stow import cli as stow_cli
 
 log = logging.getLogger("dicomweb_proxy")
 
-SUBCOMMANDS = ("serve", "check")
+SUBCOMMANDS = ("serve", "check", "dead-letter")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_arguments(serve)
     check = commands.add_parser("check", help="check the configuration and the upstream")
     settings.add_arguments(check)
+    dead_letter = commands.add_parser("dead-letter", help="inspect and replay failed STOW")
+    stow_cli.add_arguments(dead_letter)
+    settings.add_arguments(dead_letter)
     return parser
 
 
@@ -43,13 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or (args[0] not in SUBCOMMANDS and args[0] not in {"-h", "--help", "--version"}):
         args.insert(0, "serve")
     flags = build_parser().parse_args(args)
+    needs_upstream = flags.command != "dead-letter" or flags.action == "replay"
     try:
-        config = settings.load(flags, os.environ)
+        config = settings.load(flags, os.environ, require_upstream=needs_upstream)
         auth.validate(config)
     except SettingsError as exc:
         print(f"dicomweb-proxy: {exc}", file=sys.stderr)
         return 2
     configure_logging(config)
+    if flags.command == "dead-letter":
+        return stow_cli.run(config, flags)
     runner: Callable[[Settings], int] = {"serve": serve, "check": check}[flags.command]
     return runner(config)
 

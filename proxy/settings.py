@@ -319,6 +319,10 @@ class Settings:
     stow_retries: int = field(
         default=3, metadata=opt("attempts per STOW batch", parse_positive_int)
     )
+    stow_retry_delay: float = field(
+        default=0.5,
+        metadata=opt("first STOW retry delay; doubles per attempt, with jitter", parse_duration),
+    )
     max_body: int = field(
         default=0, metadata=opt("reject larger request bodies with 413 (0 = none)", parse_size)
     )

@@ -1,0 +1,203 @@
+"""One STOW-RS request from spool to merged response, and dead-letter replay.
+
+The steps (SPEC section 5):
+
+1. spool the whole client body, one file per part, identifying every instance;
+2. plan batches within ``--stow-max-instances`` / ``--stow-max-bytes``;
+3. send them, ``--stow-concurrency`` at a time, with retries and 413 splitting;
+4. move instances that failed for a fixable reason into the dead letter;
+5. merge every batch's answer into one response (PS3.18 Table 10.5.3-1).
+
+The spool directory is removed whatever happens, a client disconnect included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from yarl import URL
+
+from proxy.dicomweb.rewrite import Rewriter
+from proxy.dicomweb.stow_response import Failed, StowResponse, is_content_rejection, merge
+from proxy.settings import Settings
+from proxy.stow.batch import Batch, plan
+from proxy.stow.dead_letter import DeadLetter, new_record
+from proxy.stow.send import RETRYABLE, Policy, Sender, Sent
+from proxy.stow.spool import Kind, spool
+from proxy.upstream import Upstream
+
+log = logging.getLogger("dicomweb_proxy")
+
+# Failures an operator can fix (credentials, upstream limits, upstream disk).
+OPERATOR_FIXABLE = frozenset({401, 403, 413, 507})
+
+
+@dataclass(frozen=True)
+class StowRequest:
+    """What the STOW service needs from one client request."""
+
+    request_id: str
+    target: str  # "studies" or "studies/{uid}"
+    url: URL
+    headers: Mapping[str, str]
+    rewriter: Rewriter | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    response: StowResponse
+    warnings: tuple[str, ...]
+    stored_studies: frozenset[str]
+    dead_lettered: int
+
+
+async def store(
+    chunks: AsyncIterable[bytes],
+    content_type: str,
+    request: StowRequest,
+    settings: Settings,
+    upstream: Upstream,
+) -> Outcome:
+    directory = settings.spool_path / uuid.uuid4().hex
+    started = time.perf_counter()
+    try:
+        spooled = await spool(chunks, content_type, directory)
+        spooled_at = time.perf_counter()
+        batches = plan(
+            spooled.kind,
+            spooled.instances,
+            settings.stow_max_instances,
+            settings.stow_max_bytes,
+        )
+        sender = Sender(
+            upstream,
+            request.url,
+            request.headers,
+            Policy.from_settings(settings),
+            request.rewriter,
+            spooled.params,
+        )
+        sent = await sender.send_all(batches)
+        log.debug(
+            "STOW %d instances spooled in %.2f s, %d batches sent in %.2f s [%s]",
+            len(spooled.instances),
+            spooled_at - started,
+            len(batches),
+            time.perf_counter() - spooled_at,
+            request.request_id,
+        )
+        kept = await keep_failures(sent, spooled.kind, request, settings)
+    finally:
+        # Synchronous on purpose: it must also run when the task is being cancelled.
+        shutil.rmtree(directory, ignore_errors=True)
+    return _outcome(sent, spooled.rejected, request, kept)
+
+
+def _outcome(
+    sent: Sequence[Sent], rejected: Sequence[Failed], request: StowRequest, kept: int
+) -> Outcome:
+    study_of = {i.sop.sop_instance: i.study for s in sent for i in s.batch.instances}
+    base = request.rewriter.public_base if request.rewriter else ""
+    response = merge(
+        [s.report for s in sent],
+        rejected,
+        study_of=study_of,
+        base_url=base,
+    )
+    stored = frozenset(
+        study_of[item.sop_instance]
+        for item in response.result.referenced
+        if item.sop_instance in study_of
+    )
+    warnings = tuple(dict.fromkeys(w for s in sent for w in s.warnings))
+    return Outcome(response, warnings, stored, kept)
+
+
+def should_keep(sent: Sent, reason: int) -> bool:
+    """Dead-letter a failed instance unless the upstream rejected its content."""
+    if is_content_rejection(reason):
+        return False
+    if sent.answered:
+        return True
+    status = sent.report.status
+    return status is None or status in RETRYABLE or status in OPERATOR_FIXABLE
+
+
+async def keep_failures(
+    sent: Sequence[Sent], kind: Kind, request: StowRequest, settings: Settings
+) -> int:
+    """Move every instance :func:`should_keep` chooses into the dead letter."""
+    dead_letter = DeadLetter(settings.dead_letter_path)
+    loop = asyncio.get_running_loop()
+    kept = 0
+    for batch_sent in sent:
+        by_uid = {i.sop.sop_instance: i for i in batch_sent.batch.instances}
+        for failed in batch_sent.report.result.failed:
+            instance = by_uid.get(failed.sop_instance)
+            if instance is None or not should_keep(batch_sent, failed.reason):
+                continue
+            record = new_record(
+                instance,
+                kind,
+                request_id=request.request_id,
+                target=request.target,
+                status=batch_sent.report.status,
+                reason=failed.reason,
+                attempts=batch_sent.attempts,
+                detail=batch_sent.detail,
+            )
+            await loop.run_in_executor(None, dead_letter.keep, instance, kind, record)
+            kept += 1
+    return kept
+
+
+# -- replay ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replayed:
+    id: str
+    stored: bool
+    study: str
+    status: int | None
+    reason: int | None
+
+
+async def replay(
+    entry_id: str, settings: Settings, upstream: Upstream, headers: Mapping[str, str]
+) -> Replayed:
+    """Send one entry again; drop it when stored, else record the new attempt.
+
+    Idempotent against an upstream that already holds the instance: storing the same
+    SOP Instance UID again is a success (PS3.18 10.5.3, Orthanc ``OverwriteInstances``).
+    """
+    dead_letter = DeadLetter(settings.dead_letter_path)
+    instance, kind, target = dead_letter.instance(entry_id)
+    url = upstream.base.with_path(upstream.base.path.rstrip("/") + "/" + target)
+    sender = Sender(upstream, url, headers, Policy.from_settings(settings))
+    results = await sender.send(Batch(kind, (instance,)))
+    referenced = any(r.result.referenced for r in (s.report for s in results))
+    if referenced:
+        dead_letter.drop(entry_id)
+        return Replayed(entry_id, True, instance.study, results[-1].report.status, None)
+    last = results[-1]
+    reason = last.report.result.failed[0].reason if last.report.result.failed else None
+    record = dead_letter.record(entry_id)
+    dead_letter.update(
+        entry_id,
+        status=last.report.status,
+        reason=reason,
+        attempts=int(record["attempts"]) + last.attempts,
+        detail=last.detail,
+    )
+    return Replayed(entry_id, False, instance.study, last.report.status, reason)
+
+
+def entry_ids(settings: Settings) -> list[str]:
+    return [str(r["id"]) for r in DeadLetter(settings.dead_letter_path).records()]

@@ -1,0 +1,155 @@
+"""The streaming multipart/related reader and writer (RFC 2046 section 5.1.1)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proxy.dicomweb import multipart
+from proxy.dicomweb.multipart import MultipartReader, boundary_of, parse_media_type
+from proxy.errors import MalformedBody
+
+CHUNK_SIZES = [1, 3, 17, 4096]
+
+
+async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def read_all(data: bytes, boundary: str, size: int) -> list[tuple[dict[str, str], bytes]]:
+    reader = MultipartReader(chunked(data, size), boundary)
+    parts = []
+    while (headers := await reader.next_part()) is not None:
+        body = b""
+        while chunk := await reader.read():
+            body += chunk
+        parts.append((headers, body))
+    return parts
+
+
+@pytest.mark.parametrize(
+    ("value", "main", "params"),
+    [
+        ("multipart/related; type=application/dicom; boundary=abc", "multipart/related",
+         {"type": "application/dicom", "boundary": "abc"}),
+        ('Multipart/Related; TYPE="application/dicom+json"; boundary="a b;c"', "multipart/related",
+         {"type": "application/dicom+json", "boundary": "a b;c"}),
+        ('multipart/related;boundary="q\\"x";type="application/dicom"', "multipart/related",
+         {"type": "application/dicom", "boundary": 'q"x'}),
+        ("application/dicom", "application/dicom", {}),
+        ("  application/DICOM ; transfer-syntax=1.2.840.10008.1.2.1", "application/dicom",
+         {"transfer-syntax": "1.2.840.10008.1.2.1"}),
+    ],
+)  # fmt: skip
+def test_parse_media_type(value: str, main: str, params: dict[str, str]) -> None:
+    parsed = parse_media_type(value)
+    assert parsed.main == main
+    assert parsed.params == params
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "multipart/related; type=application/dicom",
+        "multipart/related; boundary=",
+        "multipart/related; boundary=" + "x" * 71,
+        'multipart/related; boundary="ends with space "',
+        "multipart/related; boundary=bad{char}",
+    ],
+)
+def test_invalid_boundaries(value: str) -> None:
+    with pytest.raises(MalformedBody):
+        boundary_of(parse_media_type(value))
+
+
+WELL_FORMED = [
+    # (name, body, expected parts)
+    (
+        "crlf",
+        b"--B\r\nContent-Type: application/dicom\r\n\r\nAAA\r\n--B\r\n\r\nBB\r\n--B--\r\n",
+        [({"content-type": "application/dicom"}, b"AAA"), ({}, b"BB")],
+    ),
+    (
+        "preamble and epilogue",
+        b"preamble text\r\n--B\r\nX-A: 1\r\n\r\ndata\r\n--B--\r\nepilogue\r\n--B\r\nignored",
+        [({"x-a": "1"}, b"data")],
+    ),
+    (
+        "lf only",
+        b"--B\nContent-Type: a/b\n\nline1\nline2\n--B\nContent-Type: c/d\n\n\n--B--\n",
+        [({"content-type": "a/b"}, b"line1\nline2"), ({"content-type": "c/d"}, b"")],
+    ),
+    (
+        "padding after boundary, no final crlf",
+        b"--B  \t\r\nA: x\r\n folded\r\n\r\n\r\n\r\n--B--",
+        [({"a": "x folded"}, b"\r\n")],
+    ),
+    (
+        "body holds boundary-like text",
+        b"--B\r\n\r\n--Bx is not at a line start\r\n-B\r\n--B--",
+        [({}, b"--Bx is not at a line start\r\n-B")],
+    ),
+]
+
+
+@pytest.mark.parametrize("size", CHUNK_SIZES)
+@pytest.mark.parametrize(("name", "body", "expected"), WELL_FORMED, ids=[c[0] for c in WELL_FORMED])
+async def test_reads_well_formed_bodies(
+    name: str, body: bytes, expected: list[tuple[dict[str, str], bytes]], size: int
+) -> None:
+    assert await read_all(body, "B", size) == expected
+
+
+MALFORMED = [
+    ("no boundary at all", b"just some bytes", "no multipart boundary"),
+    ("no close delimiter", b"--B\r\n\r\ndata without end", "closing multipart boundary"),
+    ("garbage after boundary", b"--B junk\r\n\r\nx\r\n--B--", "after a multipart boundary"),
+    ("headers never end", b"--B\r\nA: 1\r\nB: 2", "inside a multipart part's headers"),
+    ("header without name", b"--B\r\n: x\r\n\r\ny\r\n--B--", "no name"),
+    ("headers too long", b"--B\r\nA: " + b"x" * 20000, "exceed"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "message"), MALFORMED, ids=[c[0] for c in MALFORMED])
+async def test_malformed_bodies_say_what_is_wrong(name: str, body: bytes, message: str) -> None:
+    with pytest.raises(MalformedBody, match=message):
+        await read_all(body, "B", 5)
+
+
+async def test_large_part_streams_in_bounded_chunks() -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    body = b"--B\r\n\r\n" + payload + b"\r\n--B--\r\n"
+    reader = MultipartReader(chunked(body, 65536), "B")
+    assert await reader.next_part() == {}
+    received = bytearray()
+    while chunk := await reader.read():
+        assert len(chunk) <= 65536 + 16
+        received += chunk
+    assert bytes(received) == payload
+    assert await reader.next_part() is None
+
+
+async def test_skipping_an_unread_part() -> None:
+    body = b"--B\r\n\r\nfirst\r\n--B\r\nA: 2\r\n\r\nsecond\r\n--B--"
+    reader = MultipartReader(chunked(body, 4), "B")
+    assert await reader.next_part() == {}
+    assert await reader.next_part() == {"a": "2"}
+
+
+async def test_writer_round_trip() -> None:
+    boundary = multipart.new_boundary()
+    assert boundary != multipart.new_boundary()
+    bodies = [b"\r\n--not-the-boundary\r\n", b"", b"x" * 1000]
+    data = b"".join(
+        multipart.part_head(boundary, [("Content-Type", "application/dicom")])
+        + body
+        + multipart.PART_END
+        for body in bodies
+    ) + multipart.closing(boundary)
+    content_type = multipart.content_type(boundary, "application/dicom")
+    media = parse_media_type(content_type)
+    assert media.params["type"] == "application/dicom"
+    got = await read_all(data, boundary_of(media), 7)
+    assert [body for _, body in got] == bodies
