@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from proxy import exchange as exchanges
-from proxy import forward
+from proxy import forward, viewer
 from proxy.admin import ADMIN_TOKEN, load_admin_token
 from proxy.errors import PROBLEM_JSON, NotFound, ProxyError, ShuttingDown
 from proxy.health import Readiness
@@ -53,6 +53,8 @@ def create_app(settings: Settings) -> web.Application:
     base = settings.base_path
     app.router.add_route("*", base, dicomweb)
     app.router.add_route("*", base + "/{tail:.*}", dicomweb)
+    if settings.viewer_dir:
+        viewer.add_routes(app, settings, settings.viewer_dir)
     return app
 
 
