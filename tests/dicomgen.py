@@ -110,7 +110,7 @@ def _phantom(rows: int, columns: int, number: int, series_number: int) -> bytes:
     disc(0.0, 0.0, 0.8 - 0.05 * series_number, 20.0)
     disc(0.35 * np.sin(phase), 0.35 * np.cos(phase), 0.18, 900.0)  # bone
     disc(-0.4, 0.3, 0.12, -100.0)  # fat
-    disc(0.4, -0.3, 0.1 + 0.005 * number, 250.0)  # contrast
+    disc(0.4, -0.3, 0.1 + 0.005 * number, 130.0)  # contrast
     stored = np.clip(hu + 1024, 0, 4095).astype("<u2")
     return bytes(stored.tobytes())
 
