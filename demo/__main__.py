@@ -21,7 +21,7 @@ from pathlib import Path
 
 from demo.ohif import viewer_dist
 from proxy.settings import parse_listen
-from tests.dicomgen import make_study
+from tests.dicomgen import PHANTOM_PATIENT, make_study
 from tests.orthanc import Orthanc
 
 SERIES, SLICES, SIZE = 2, 20, 256
@@ -57,7 +57,7 @@ def start_orthanc(workdir: Path) -> tuple[Orthanc, str]:
     """A local Orthanc holding one synthetic phantom study; returns it and the study UID."""
     print("starting a local Orthanc with its DICOMweb plugin ...", flush=True)
     orthanc = Orthanc(workdir / "orthanc").start()
-    study = make_study(SERIES, SLICES, rows=SIZE, columns=SIZE, phantom=True)
+    study = make_study(SERIES, SLICES, rows=SIZE, columns=SIZE, phantom=True, **PHANTOM_PATIENT)
     for _, _, data in study.instances:
         orthanc.upload(data)
     print(f"loaded a synthetic CT study: {SERIES} series x {SLICES} slices", flush=True)

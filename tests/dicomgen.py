@@ -24,6 +24,11 @@ class Study:
         ]
 
 
+# The demo's and the viewer test's study: a patient of its own, so a viewer's list of
+# the patient's other studies stays empty.
+PHANTOM_PATIENT = {"patient_name": "Phantom^Demo", "patient_id": "PHANTOM-0001"}
+
+
 def make_instance(
     study_uid: str,
     series_uid: str,
@@ -33,6 +38,7 @@ def make_instance(
     columns: int = 512,
     sop_uid: str | None = None,
     patient_name: str = "Doe^Jane",
+    patient_id: str = "SYN-0001",
     series_number: int = 1,
     phantom: bool = False,
 ) -> bytes:
@@ -52,7 +58,7 @@ def make_instance(
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.PatientName = patient_name
-    ds.PatientID = "SYN-0001"
+    ds.PatientID = patient_id
     ds.StudyDate = "20261120"
     ds.StudyTime = "120000"
     ds.AccessionNumber = "ACC0001"
@@ -122,6 +128,7 @@ def make_study(
     rows: int = 64,
     columns: int = 64,
     patient_name: str = "Doe^Jane",
+    patient_id: str = "SYN-0001",
     phantom: bool = False,
 ) -> Study:
     """A study with ``series_count`` series of ``instances_per_series`` instances."""
@@ -139,6 +146,7 @@ def make_study(
                 columns=columns,
                 sop_uid=sop_uid,
                 patient_name=patient_name,
+                patient_id=patient_id,
                 series_number=series_number,
                 phantom=phantom,
             )

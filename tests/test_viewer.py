@@ -21,7 +21,7 @@ from aiohttp import ClientSession, web
 from playwright.sync_api import Browser, Page, Request, Response, sync_playwright
 
 from demo.ohif import viewer_dist
-from tests.dicomgen import Study, make_study
+from tests.dicomgen import PHANTOM_PATIENT, Study, make_study
 from tests.orthanc import Orthanc, free_port
 from tests.support import ProxyThread
 
@@ -60,6 +60,15 @@ CANVAS_SHOWS_IMAGE = """() => {
 }"""
 
 
+PREFLIGHTED_FETCH = """async (url) => {
+  const response = await fetch(url, {
+    headers: {'Accept': 'application/dicom+json', 'X-Request-ID': 'viewer-test',
+              'Cache-Control': 'no-cache'},
+  });
+  return [response.status, (await response.json()).length];
+}"""
+
+
 @pytest.fixture(scope="session")
 def ohif() -> Path:
     """The pinned OHIF build; a registry fetch the first time, the cache afterwards."""
@@ -68,7 +77,7 @@ def ohif() -> Path:
 
 @pytest.fixture(scope="session")
 def phantom(orthanc: Orthanc) -> Study:
-    study = make_study(2, 20, rows=256, columns=256, phantom=True)
+    study = make_study(2, 20, rows=256, columns=256, phantom=True, **PHANTOM_PATIENT)
     for _, _, data in study.instances:
         orthanc.upload(data)
     return study
@@ -185,6 +194,11 @@ def test_viewer_on_another_origin_with_cors_origins(
     assert traffic.errors == []
     assert traffic.responses
     assert all(url.startswith(api.dicomweb) for _, url, _ in traffic.responses)
+    # A request with non-safelisted headers makes the browser send a preflight first.
+    status = page.evaluate(
+        PREFLIGHTED_FETCH, f"{api.dicomweb}/studies?StudyInstanceUID={phantom.uid}"
+    )
+    assert status == [200, 1]
 
 
 def test_viewer_on_another_origin_without_cors_origins_is_blocked(
