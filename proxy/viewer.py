@@ -23,6 +23,7 @@ are refused.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import mimetypes
 import re
@@ -74,7 +75,7 @@ class ViewerFiles:
     root: Path
     settings: Settings
     prefix: str = PREFIX
-    _patched: dict[Path, bytes | None] = field(default_factory=dict)
+    _patched: dict[Path, tuple[bytes, str] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
@@ -86,13 +87,13 @@ class ViewerFiles:
             return None
         return candidate
 
-    async def patched(self, path: Path) -> bytes | None:
-        """The file moved under the prefix, or None when it needs no change."""
+    async def patched(self, path: Path) -> tuple[bytes, str] | None:
+        """The file moved under the prefix and its ETag, or None when it needs no change."""
         if path not in self._patched:
             self._patched[path] = await asyncio.to_thread(self._patch, path)
         return self._patched[path]
 
-    def _patch(self, path: Path) -> bytes | None:
+    def _patch(self, path: Path) -> tuple[bytes, str] | None:
         if path.suffix not in {".html", ".js", ".css"} or path.stat().st_size > _MAX_PATCHED:
             return None
         original = path.read_bytes()
@@ -104,7 +105,9 @@ class ViewerFiles:
             body = _CSS_URL.sub(rb"\1" + base, original)
         else:
             body = _WEBPACK_PUBLIC_PATH.sub(rb"\1\2" + base + rb"\2", original)
-        return body if body != original else None
+        if body == original:
+            return None
+        return body, f'"{hashlib.sha256(body).hexdigest()[:32]}"'
 
 
 VIEWER = web.AppKey("viewer", ViewerFiles)
@@ -133,10 +136,16 @@ async def static_file(request: web.Request) -> web.StreamResponse:
         if path is None:
             raise NotFound("the viewer has no index.html")
     headers = {"Cache-Control": cache_control(path), "Content-Type": content_type(path)}
-    body = await viewer.patched(path)
-    if body is not None:
-        return web.Response(body=body, headers=headers)
-    return web.FileResponse(path, headers=headers)
+    patched = await viewer.patched(path)
+    if patched is None:
+        return web.FileResponse(path, headers=headers)
+    body, etag = patched
+    headers["ETag"] = etag
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(
+            status=304, headers={"ETag": etag, "Cache-Control": headers["Cache-Control"]}
+        )
+    return web.Response(body=body, headers=headers)
 
 
 def _relative_path(request: web.Request) -> str:

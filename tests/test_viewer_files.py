@@ -185,6 +185,15 @@ async def test_app_config_refuses_a_forged_host(viewer_client: MakeClient) -> No
     assert response.status == 400
 
 
+async def test_patched_files_revalidate_with_etag(viewer_client: MakeClient) -> None:
+    client = await viewer_client()
+    first = await client.get("/viewer/index.html")
+    etag = first.headers["ETag"]
+    again = await client.get("/viewer/index.html", headers={"If-None-Match": etag})
+    assert again.status == 304
+    assert again.headers["Cache-Control"] == NO_CACHE
+
+
 def test_viewer_config_is_json_serialisable() -> None:
     json.dumps(viewer_config("http://x/dicom-web", "/viewer"))
 
