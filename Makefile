@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
-# Debian packages the tests, the demo and the benchmark use.
-OS_PACKAGES := orthanc orthanc-dicomweb python3-venv
+# Debian packages the tests, the demo and the benchmark use (npm fetches the OHIF
+# viewer's prebuilt package; chromium runs the viewer tests headless).
+# npm counts as present when the command exists (a NodeSource nodejs ships its own).
+OS_PACKAGES := orthanc orthanc-dicomweb python3-venv chromium
 
 .PHONY: test lint demo os-packages venv clean
 
@@ -21,14 +23,15 @@ $(STAMP): pyproject.toml
 
 os-packages:
 	@missing=""; for p in $(OS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(APT) update && $(APT) install -y --no-install-recommends $$missing; \
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy tests bench
-	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/ruff check proxy tests bench demo
+	$(BIN)/ruff format --check proxy tests bench demo
 	$(BIN)/mypy
 
 test: os-packages $(STAMP) lint

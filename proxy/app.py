@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from proxy import auth, forward
+from proxy import auth, forward, viewer
 from proxy import exchange as exchanges
 from proxy.admin import ADMIN_TOKEN, load_admin_token
 from proxy.cache import routes as cache_routes
@@ -68,6 +68,8 @@ def create_app(settings: Settings) -> web.Application:
     base = settings.base_path
     app.router.add_route("*", base, dicomweb)
     app.router.add_route("*", base + "/{tail:.*}", dicomweb)
+    if settings.viewer_dir:
+        viewer.add_routes(app, settings, settings.viewer_dir)
     return app
 
 

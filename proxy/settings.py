@@ -148,6 +148,15 @@ def parse_optional_str(text: object) -> str | None:
     return str(text) if str(text) else None
 
 
+def parse_viewer_dir(text: object) -> str | None:
+    """A directory holding a prebuilt web viewer: it must have an ``index.html``."""
+    if not str(text).strip():
+        return None
+    if not Path(str(text), "index.html").is_file():
+        raise ValueError(f"no index.html in {text!r} (give the viewer's dist/ directory)")
+    return str(text)
+
+
 def parse_origins(text: object) -> tuple[str, ...]:
     if isinstance(text, list):
         return tuple(str(item).strip() for item in text if str(item).strip())
@@ -346,7 +355,7 @@ class Settings:
         ),
     )
     viewer_dir: str | None = field(
-        default=None, metadata=opt("serve a prebuilt viewer at /viewer/", parse_optional_str)
+        default=None, metadata=opt("serve a prebuilt viewer at /viewer/", parse_viewer_dir)
     )
     shutdown_grace: float = field(
         default=30.0,

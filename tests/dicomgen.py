@@ -24,6 +24,11 @@ class Study:
         ]
 
 
+# The demo's and the viewer test's study: a patient of its own, so a viewer's list of
+# the patient's other studies stays empty.
+PHANTOM_PATIENT = {"patient_name": "Phantom^Demo", "patient_id": "PHANTOM-0001"}
+
+
 def make_instance(
     study_uid: str,
     series_uid: str,
@@ -33,8 +38,14 @@ def make_instance(
     columns: int = 512,
     sop_uid: str | None = None,
     patient_name: str = "Doe^Jane",
+    patient_id: str = "SYN-0001",
+    series_number: int = 1,
+    phantom: bool = False,
 ) -> bytes:
-    """One CT image (16-bit, ``rows`` x ``columns``) as DICOM Part 10 bytes."""
+    """One CT image (16-bit, ``rows`` x ``columns``) as DICOM Part 10 bytes.
+
+    ``phantom`` draws circles a viewer shows as an image; otherwise a cheap gradient.
+    """
     sop_uid = sop_uid or generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -47,19 +58,20 @@ def make_instance(
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.PatientName = patient_name
-    ds.PatientID = "SYN-0001"
+    ds.PatientID = patient_id
     ds.StudyDate = "20261120"
     ds.StudyTime = "120000"
     ds.AccessionNumber = "ACC0001"
     ds.StudyID = "1"
     ds.Modality = "CT"
-    ds.SeriesNumber = 1
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = f"Synthetic series {series_number}"
     ds.InstanceNumber = number
     ds.ImagePositionPatient = [0.0, 0.0, float(number)]
     ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     ds.PixelSpacing = [0.7, 0.7]
     ds.SliceThickness = 1.0
-    ds.FrameOfReferenceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[series_uid])
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = rows
@@ -72,7 +84,8 @@ def make_instance(
     ds.RescaleSlope = 1
     ds.WindowCenter = 40
     ds.WindowWidth = 400
-    ds.PixelData = _pixels(rows, columns, number)
+    pixels = _phantom(rows, columns, number, series_number) if phantom else None
+    ds.PixelData = pixels if pixels is not None else _pixels(rows, columns, number)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -85,6 +98,29 @@ def _pixels(rows: int, columns: int, seed: int) -> bytes:
     return b"".join(line[(y % 256) * 2 : (y % 256) * 2 + columns * 2] for y in range(rows))
 
 
+def _phantom(rows: int, columns: int, number: int, series_number: int) -> bytes:
+    """A round body with bone, fat and contrast discs that move from slice to slice."""
+    import numpy as np
+
+    y, x = np.mgrid[0:rows, 0:columns]
+    cy, cx = rows / 2, columns / 2
+    scale = min(rows, columns) / 2
+    hu = np.full((rows, columns), -1000.0)
+
+    def disc(y0: float, x0: float, radius: float, value: float) -> None:
+        inside = (y - cy - y0 * scale) ** 2 + (x - cx - x0 * scale) ** 2 <= (radius * scale) ** 2
+        hu[inside] = value
+
+    phase = number / 10.0 + series_number
+    disc(0.0, 0.0, 0.85, 40.0)  # soft tissue
+    disc(0.0, 0.0, 0.8 - 0.05 * series_number, 20.0)
+    disc(0.35 * np.sin(phase), 0.35 * np.cos(phase), 0.18, 900.0)  # bone
+    disc(-0.4, 0.3, 0.12, -100.0)  # fat
+    disc(0.4, -0.3, 0.1 + 0.005 * number, 130.0)  # contrast
+    stored = np.clip(hu + 1024, 0, 4095).astype("<u2")
+    return bytes(stored.tobytes())
+
+
 def make_study(
     series_count: int = 1,
     instances_per_series: int = 3,
@@ -92,10 +128,12 @@ def make_study(
     rows: int = 64,
     columns: int = 64,
     patient_name: str = "Doe^Jane",
+    patient_id: str = "SYN-0001",
+    phantom: bool = False,
 ) -> Study:
     """A study with ``series_count`` series of ``instances_per_series`` instances."""
     study = Study()
-    for _ in range(series_count):
+    for series_number in range(1, series_count + 1):
         series_uid = generate_uid()
         items = []
         for number in range(1, instances_per_series + 1):
@@ -108,6 +146,9 @@ def make_study(
                 columns=columns,
                 sop_uid=sop_uid,
                 patient_name=patient_name,
+                patient_id=patient_id,
+                series_number=series_number,
+                phantom=phantom,
             )
             items.append((sop_uid, data))
         study.series[series_uid] = items
