@@ -13,10 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from aiohttp import web
-
-from proxy import __version__, auth, settings
-from proxy.app import create_app
+from proxy import __version__, auth, settings, workers
 from proxy.settings import Settings, SettingsError
 from proxy.stow import cli as stow_cli
 
@@ -71,15 +68,7 @@ def configure_logging(config: Settings) -> None:
 
 def serve(config: Settings) -> int:
     log.info("starting with %s", config.masked())
-    web.run_app(
-        create_app(config),
-        host=config.listen_host,
-        port=config.listen_port,
-        shutdown_timeout=config.shutdown_grace,
-        access_log=None,
-        print=None,
-    )
-    return 0
+    return workers.run(config)
 
 
 def check(config: Settings) -> int:

@@ -135,7 +135,8 @@ class RawUpstream:
     ``mode`` picks the answer: ``full`` (Content-Length, whole body), ``short-length``
     (Content-Length, half the body, then close), ``short-chunked`` (chunked, no final
     chunk), ``close-complete`` / ``close-cut`` (close-delimited multipart with / without
-    its closing boundary), ``stall`` (headers and half the body, then nothing).
+    its closing boundary), ``stall`` (headers and half the body, then nothing), ``slow``
+    (the whole body in ten pieces over a second).
     """
 
     BOUNDARY = "raw-boundary"
@@ -180,7 +181,14 @@ class RawUpstream:
         content_type = f'multipart/related; type="application/dicom"; boundary={self.BOUNDARY}'
         head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
         half = len(body) // 2
-        if self.mode in {"full", "short-length", "stall"}:
+        if self.mode == "slow":
+            writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode())
+            step = len(body) // 10 + 1
+            for start in range(0, len(body), step):
+                writer.write(body[start : start + step])
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        elif self.mode in {"full", "short-length", "stall"}:
             writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode())
             writer.write(body if self.mode == "full" else body[:half])
         elif self.mode == "short-chunked":

@@ -28,6 +28,7 @@ from multidict import CIMultiDict
 
 from proxy import forward
 from proxy.cache.fill import Fill, file_chunks
+from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
 from proxy.dicomweb.rewrite import carries_urls
@@ -50,6 +51,7 @@ class Cache:
         self.upstream = upstream
         self.results: Counter[str] = Counter()
         self._fills: dict[str, Fill] = {}
+        self.locks = KeyLocks(store.directory / "locks") if settings.workers > 1 else None
         self._counts: dict[str, asyncio.Task[int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -167,13 +169,18 @@ class Cache:
         stale: Hit | None,
         result: str,
     ) -> web.StreamResponse:
-        fill = self._fills.get(policy.key)
-        if fill is None:
-            if free_bytes(self.store.tmp) < MIN_FREE_BYTES:
-                return await forward.forward(
-                    request, exchange, self.upstream, 0, x_cache=result.upper()
-                )
-            fill = self._start_fill(exchange, policy)
+        claimed = await self._claim(policy.key)
+        if isinstance(claimed, Hit):
+            return await self.serve_hit(request, exchange, claimed, "hit")
+        if isinstance(claimed, Fill):
+            fill = claimed
+        elif free_bytes(self.store.tmp) < MIN_FREE_BYTES:
+            KeyLocks.release(claimed)
+            return await forward.forward(
+                request, exchange, self.upstream, 0, x_cache=result.upper()
+            )
+        else:
+            fill = self._start_fill(exchange, policy, claimed)
         reader = fill.reader()
         try:
             await fill.headers_ready.wait()
@@ -212,9 +219,30 @@ class Cache:
     def _ttl_of(self, hit: Hit) -> float:
         return self.settings.metadata_ttl if hit.meta.count is not None else self.settings.qido_ttl
 
-    def _start_fill(self, exchange: Exchange, policy: Policy) -> Fill:
-        """Single flight: the fill is registered before any await, so concurrent misses
-        for the key join it instead of asking the upstream again."""
+    async def _claim(self, key: str) -> Fill | Hit | int | None:
+        """Single flight: join this process's fill for ``key``; with ``--workers``, wait
+        while another process fills it and serve its entry.  Otherwise the caller fills,
+        holding the cross-process lock (an fd) if there is one."""
+        waited, deadline = False, time.monotonic() + self.settings.upstream_timeout
+        while True:
+            fill = self._fills.get(key)
+            if fill is not None or self.locks is None:
+                return fill
+            lock = self.locks.try_acquire(key)
+            if lock is not None:
+                hit = self.store.get(key) if waited else None
+                if hit is None:
+                    return lock
+                KeyLocks.release(lock)
+                return hit
+            if time.monotonic() > deadline:
+                return None  # a stuck peer must not stall this request: fill unlocked
+            waited = True
+            await asyncio.sleep(POLL_SECONDS)
+
+    def _start_fill(self, exchange: Exchange, policy: Policy, lock: int | None) -> Fill:
+        """The fill is registered before any await, so concurrent misses for the key in
+        this process join it instead of asking the upstream again."""
         fill = Fill(self.store.temp_path())
         self._fills[policy.key] = fill
         count = self._count_task(policy.study) if policy.lifetime is Lifetime.STUDY else None
@@ -226,8 +254,14 @@ class Cache:
             return self.upstream.request("GET", exchange.upstream_url, headers)
 
         async def commit(done: Fill) -> None:
-            del self._fills[policy.key]
-            await self._commit(done, policy, count)
+            # Leave the registry only once the entry is in the store (or discarded):
+            # a request arriving in between must find one or the other.
+            try:
+                await self._commit(done, policy, count)
+            finally:
+                done.discard()  # a no-op once the store adopted the file
+                del self._fills[policy.key]
+                KeyLocks.release(lock)
 
         self._spawn(fill.run(open_response, commit))
         return fill

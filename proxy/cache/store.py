@@ -104,10 +104,14 @@ class Store:
 
     @classmethod
     def open(cls, directory: Path, size_limit: int) -> Store:
-        """Open the store; leftovers of interrupted fills (kill -9) are removed."""
-        shutil.rmtree(directory / "tmp", ignore_errors=True)
         (directory / "tmp").mkdir(parents=True, exist_ok=True)
         return cls(directory, size_limit)
+
+    @staticmethod
+    def remove_leftovers(directory: Path) -> None:
+        """Delete fills interrupted by a crash (kill -9).  Called once per start, before
+        any worker runs, since a worker's live fills look the same."""
+        shutil.rmtree(directory / "tmp", ignore_errors=True)
 
     def close(self) -> None:
         self.index.close()
