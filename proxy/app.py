@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from proxy import exchange as exchanges
-from proxy import forward
+from proxy import forward, logs, metrics, status
 from proxy.admin import ADMIN_TOKEN, load_admin_token
 from proxy.errors import PROBLEM_JSON, NotFound, ProxyError, ShuttingDown
 from proxy.health import Readiness
@@ -35,7 +35,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[problem_middleware, cors_middleware],
+        middlewares=[logs.access_middleware, problem_middleware, cors_middleware],
         client_max_size=0,
         handler_args={"max_field_size": 16384, "max_line_size": 16384},
     )
@@ -50,6 +50,9 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_cors_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    metrics.setup(app, settings)
+    logs.setup(app)
+    status.setup(app)
     base = settings.base_path
     app.router.add_route("*", base, dicomweb)
     app.router.add_route("*", base + "/{tail:.*}", dicomweb)
@@ -58,6 +61,7 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     upstream = Upstream(app[SETTINGS])
+    upstream.observers.append(logs.observe_upstream(app))
     app[UPSTREAM] = upstream
     app[READINESS] = Readiness(app[SETTINGS], upstream)
     yield

@@ -34,11 +34,14 @@ class Readiness:
             return self._report
 
     async def _probe(self) -> dict[str, object]:
+        started = time.monotonic()
         upstream = await self._probe_upstream()
+        latency = time.monotonic() - started
         writable = all(_writable(path) for path in self._paths())
         return {
             "ready": upstream == "ok" and writable,
             "upstream": upstream,
+            "upstream_latency_ms": round(latency * 1000, 1),
             "storage": "ok" if writable else "not writable",
         }
 

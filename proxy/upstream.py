@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 
 import aiohttp
 from multidict import CIMultiDict
@@ -21,6 +22,10 @@ from proxy.settings import Settings
 
 CHUNK = 256 * 1024
 
+# Told of every upstream request: its status (or "error" / "timeout") and the seconds
+# until the response headers arrived.  Metrics and the access log listen here.
+UpstreamObserver = Callable[[str, float], None]
+
 
 class Upstream:
     """Owns the pooled :class:`aiohttp.ClientSession` and the upstream base URL."""
@@ -28,6 +33,7 @@ class Upstream:
     def __init__(self, settings: Settings) -> None:
         self.base = URL(settings.upstream_url)
         self.settings = settings
+        self.observers: list[UpstreamObserver] = []
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=settings.upstream_timeout,
@@ -60,14 +66,25 @@ class Upstream:
 
         Every aiohttp failure is translated here, once, into the proxy's error tree.
         """
-        with translate_errors():
-            response = await self.session.request(
-                method, url, headers=headers, data=data, allow_redirects=False
-            )
+        started = time.perf_counter()
+        try:
+            with translate_errors():
+                response = await self.session.request(
+                    method, url, headers=headers, data=data, allow_redirects=False
+                )
+        except UpstreamError as exc:
+            self._observe("timeout" if isinstance(exc, UpstreamTimeout) else "error", started)
+            raise
+        self._observe(str(response.status), started)
         try:
             yield response
         finally:
             response.release()
+
+    def _observe(self, status: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        for observer in self.observers:
+            observer(status, elapsed)
 
     async def close(self) -> None:
         await self.session.close()
