@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from proxy import __version__, settings
+from proxy import __version__, logs, prefetch, settings
 from proxy.app import create_app
 from proxy.settings import Settings, SettingsError
 
 log = logging.getLogger("dicomweb_proxy")
 
-SUBCOMMANDS = ("serve", "check")
+SUBCOMMANDS = ("serve", "check", "prefetch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_arguments(serve)
     check = commands.add_parser("check", help="check the configuration and the upstream")
     settings.add_arguments(check)
+    warm = commands.add_parser("prefetch", help="warm a running proxy's cache through it")
+    prefetch.add_arguments(warm)
     return parser
 
 
@@ -43,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or (args[0] not in SUBCOMMANDS and args[0] not in {"-h", "--help", "--version"}):
         args.insert(0, "serve")
     flags = build_parser().parse_args(args)
+    if flags.command == "prefetch":  # a client of a running proxy: no proxy settings
+        return prefetch.main(flags)
     try:
         config = settings.load(flags, os.environ)
     except SettingsError as exc:
@@ -54,11 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def configure_logging(config: Settings) -> None:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config)
 
 
 def serve(config: Settings) -> int:
@@ -75,17 +75,14 @@ def serve(config: Settings) -> int:
 
 
 def check(config: Settings) -> int:
-    from proxy.health import Readiness
-    from proxy.upstream import Upstream
+    """Print one line per check; exit 1 naming what failed."""
+    from proxy import check as checks
 
-    async def probe() -> dict[str, object]:
-        upstream = Upstream(config)
-        try:
-            return await Readiness(config, upstream).check()
-        finally:
-            await upstream.close()
-
-    report = asyncio.run(probe())
-    for key, value in report.items():
-        print(f"{key}: {value}")
-    return 0 if report["ready"] else 1
+    results = asyncio.run(checks.run(config))
+    for result in results:
+        print(result.line())
+    failed = [result.name for result in results if not result.ok]
+    if failed:
+        print("failed: " + ", ".join(failed))
+        return 1
+    return 0

@@ -37,7 +37,7 @@ class Readiness:
         started = time.monotonic()
         upstream = await self._probe_upstream()
         latency = time.monotonic() - started
-        writable = all(_writable(path) for path in self._paths())
+        writable = all(writable(path) for path in self._paths())
         return {
             "ready": upstream == "ok" and writable,
             "upstream": upstream,
@@ -62,7 +62,7 @@ class Readiness:
             return exc.title
 
 
-def _writable(path: Path) -> bool:
+def writable(path: Path) -> bool:
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):

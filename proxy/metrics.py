@@ -180,11 +180,7 @@ class Metrics:
         """What a scrape reads: this process's registry, or every worker's files."""
         if self.multiprocess_dir is None:
             return self.registry
-        merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]  # untyped upstream
-            merged, path=str(self.multiprocess_dir)
-        )
-        return merged
+        return read_multiprocess(self.multiprocess_dir)
 
     def render(self) -> bytes:
         return generate_latest(self.collection_registry())
@@ -293,6 +289,15 @@ def reset_multiprocess_dir(directory: Path) -> None:
     """Start-up, in the parent, before any worker: stale files would add old counts."""
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
+
+
+def read_multiprocess(directory: Path) -> CollectorRegistry:
+    """Every worker's metrics, summed (gauges: the most recent value)."""
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]  # untyped upstream
+        merged, path=str(directory)
+    )
+    return merged
 
 
 def use_multiprocess(directory: Path) -> None:

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy import admin, logs, metrics
 from proxy.errors import Forbidden, PayloadTooLarge, Unauthorized
+from proxy.settings import format_size
 
 _FORM_LIMIT = 4096
 _SECURITY_HEADERS = {
@@ -126,7 +127,7 @@ def _cache_section(app: web.Application) -> str:
     if stats:
         rows += [
             ("Entries", f"{stats.get('entries', 0):,}"),
-            ("Size", human_bytes(stats.get("bytes", 0))),
+            ("Size", format_size(stats.get("bytes", 0))),
         ]
     else:
         rows.append(("Disk cache", "not available"))
@@ -136,8 +137,8 @@ def _cache_section(app: web.Application) -> str:
         from_cache = found.value("dicomweb_proxy_cache_served_bytes_total", source="cache")
         upstream = found.value("dicomweb_proxy_cache_served_bytes_total", source="upstream")
         rows += [
-            ("Served from cache", human_bytes(from_cache)),
-            ("Served from upstream", human_bytes(upstream)),
+            ("Served from cache", format_size(from_cache)),
+            ("Served from upstream", format_size(upstream)),
         ]
     return _section("Cache", "cache", _table_rows(rows))
 
@@ -214,7 +215,7 @@ def _recent_section(app: web.Application) -> str:
             record["method"],
             record["path"],
             str(record["status"]),
-            human_bytes(record["bytes"]),
+            format_size(record["bytes"]),
             f"{record['duration_ms']:.1f} ms",
             record["cache"] or "-",
             "-" if record["upstream_ms"] is None else f"{record['upstream_ms']:.1f} ms",
@@ -311,15 +312,6 @@ def _html(body: str, *, status: int = 200) -> web.Response:
     return web.Response(
         text=body, status=status, content_type="text/html", headers=_SECURITY_HEADERS
     )
-
-
-def human_bytes(count: float) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def hit_ratio(hits: float, misses: float) -> str:
