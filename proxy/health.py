@@ -37,12 +37,12 @@ class Readiness:
         started = time.monotonic()
         upstream = await self._probe_upstream()
         latency = time.monotonic() - started
-        writable = all(writable(path) for path in self._paths())
+        storage_ok = all(writable(path) for path in self._paths())
         return {
-            "ready": upstream == "ok" and writable,
+            "ready": upstream == "ok" and storage_ok,
             "upstream": upstream,
             "upstream_latency_ms": round(latency * 1000, 1),
-            "storage": "ok" if writable else "not writable",
+            "storage": "ok" if storage_ok else "not writable",
         }
 
     def _paths(self) -> list[Path]:
