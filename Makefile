@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 # Debian packages the tests, the demo and the benchmark use.
-OS_PACKAGES := orthanc orthanc-dicomweb python3-venv
+OS_PACKAGES := orthanc orthanc-dicomweb python3-venv chromium
 
 .PHONY: test lint demo os-packages venv clean
 

@@ -96,8 +96,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         status = exc.status
         raise
-    except asyncio.CancelledError:
-        status = 499  # the client went away (nginx's convention)
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = 499  # the client went away before the end (nginx's convention)
         raise
     finally:
         _TIMING.reset(token)

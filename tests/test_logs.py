@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -141,6 +142,7 @@ def test_json_lines_carry_request_id_and_no_secrets_or_query_values(
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
+        response.read()
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
 
@@ -170,7 +172,44 @@ def test_text_format_is_one_line_per_request(
         url = f"{proxy.dicomweb}/studies?PatientName=Doe%5EJane"  # type: ignore[attr-defined]
         with urllib.request.urlopen(url, timeout=30) as response:
             assert response.status == 200
-    (record,) = [r for r in caplog.records if r.name == "dicomweb_proxy.access"]
-    message = record.getMessage()
+            response.read()
+        # The line is written once the last byte was sent, which may be just after the
+        # client has read it.
+        deadline = time.monotonic() + 10
+        lines: list[str] = []
+        while not lines and time.monotonic() < deadline:
+            lines = [r.getMessage() for r in caplog.records if r.name == "dicomweb_proxy.access"]
+            time.sleep(0.01)
+    (message,) = lines
     assert message.startswith("GET /dicom-web/studies?PatientName= 200 ")
     assert "Doe" not in message
+
+
+async def test_client_gone_mid_body_is_logged_as_499(
+    aiohttp_server: Callable[..., object],
+) -> None:
+    app = web.Application(middlewares=[logs.access_middleware])
+    logs.setup(app)
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(2000):  # bounded: ~20 s at most
+            await response.write(b"x" * 1024)
+            await asyncio.sleep(0.01)
+        return response
+
+    app.router.add_get("/slow", endless)
+    server = await aiohttp_server(app)  # type: ignore[operator]
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /slow?PatientName=Doe HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(1000):
+        if app[logs.RECENT]:
+            break
+        await asyncio.sleep(0.01)
+    (record,) = app[logs.RECENT]
+    assert record["status"] == 499
+    assert record["path"] == "/slow?PatientName="
