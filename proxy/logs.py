@@ -185,7 +185,8 @@ def _account(request: web.Request, record: AccessRecord, seconds: float) -> None
     recent = app.get(RECENT)
     if recent is not None:
         recent.append(record)
-    ACCESS.info(text_line(record), extra={"access": record})
+    if ACCESS.isEnabledFor(logging.INFO):
+        ACCESS.info(text_line(record), extra={"access": record})
 
 
 def text_line(record: AccessRecord) -> str:
