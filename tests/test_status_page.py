@@ -163,7 +163,7 @@ def test_bearer_token_still_works_and_others_are_refused(admin_proxy: ProxyThrea
 
 
 def test_page_without_providers_says_not_available(
-    proxy: ProxyThread, start_proxy: object, orthanc: Orthanc, tmp_path: Path
+    proxy: ProxyThread, orthanc: Orthanc, tmp_path: Path
 ) -> None:
     settings = make_settings(orthanc.dicomweb, tmp_path / "bare", admin_token=TOKEN)
     bare = ProxyThread(settings).start()
