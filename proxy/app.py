@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from proxy import auth, forward, viewer
+from proxy import auth, forward, logs, metrics, status, viewer
 from proxy import exchange as exchanges
 from proxy.admin import ADMIN_TOKEN, load_admin_token
 from proxy.cache import routes as cache_routes
@@ -41,8 +41,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        # Inbound auth after CORS: browsers send preflights without credentials.
-        middlewares=[problem_middleware, cors_middleware, auth.inbound_middleware],
+        # Access log outermost; inbound auth after CORS: browsers send preflights
+        # without credentials.
+        middlewares=[
+            logs.access_middleware,
+            problem_middleware,
+            cors_middleware,
+            auth.inbound_middleware,
+        ],
         client_max_size=0,
         handler_args={"max_field_size": 16384, "max_line_size": 16384},
     )
@@ -60,11 +66,15 @@ def create_app(settings: Settings) -> web.Application:
     if not settings.no_cache:
         app.cleanup_ctx.append(_cache_ctx)
         cache_routes.add_routes(app)
+        app[metrics.CACHE_STATS] = lambda: app[CACHE].stats()
     app.on_shutdown.append(_mark_stopping)
     app.on_response_prepare.append(_cors_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     stow_http.add_admin_routes(app, _stow_context)
+    metrics.setup(app, settings)
+    logs.setup(app)
+    status.setup(app)
     base = settings.base_path
     app.router.add_route("*", base, dicomweb)
     app.router.add_route("*", base + "/{tail:.*}", dicomweb)
@@ -75,6 +85,7 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     upstream = Upstream(app[SETTINGS], auth.credentials_from(app[SETTINGS]))
+    upstream.observers.append(logs.observe_upstream(app))
     app[UPSTREAM] = upstream
     app[READINESS] = Readiness(app[SETTINGS], upstream)
     yield
@@ -108,7 +119,7 @@ async def dicomweb(request: web.Request) -> web.StreamResponse:
     exchange = exchanges.build(request, settings, pass_credentials=passthrough)
     request[exchanges.EXCHANGE] = exchange
     if exchange.resource.transaction is Transaction.STOW:
-        return await stow_http.handle(request, exchange, _stow_context(request))
+        return await stow_http.handle(request, exchange, _stow_context(app))
     cache = app.get(CACHE)
     policy = cache.policy_for(request, exchange, auth.partition(request)) if cache else None
     if cache is not None and policy is not None:
@@ -116,8 +127,7 @@ async def dicomweb(request: web.Request) -> web.StreamResponse:
     return await forward.forward(request, exchange, app[UPSTREAM], settings.max_body)
 
 
-def _stow_context(request: web.Request) -> stow_http.Context:
-    app = request.app
+def _stow_context(app: web.Application) -> stow_http.Context:
     return stow_http.Context(app[SETTINGS], app[UPSTREAM], app[STUDIES_CHANGED])
 
 

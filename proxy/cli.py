@@ -13,13 +13,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from proxy import __version__, auth, settings, workers
+from proxy import __version__, auth, logs, prefetch, settings, workers
 from proxy.settings import Settings, SettingsError
 from proxy.stow import cli as stow_cli
 
 log = logging.getLogger("dicomweb_proxy")
 
-SUBCOMMANDS = ("serve", "check", "dead-letter")
+SUBCOMMANDS = ("serve", "check", "dead-letter", "prefetch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     dead_letter = commands.add_parser("dead-letter", help="inspect and replay failed STOW")
     stow_cli.add_arguments(dead_letter)
     settings.add_arguments(dead_letter)
+    warm = commands.add_parser("prefetch", help="warm a running proxy's cache through it")
+    prefetch.add_arguments(warm)
     return parser
 
 
@@ -44,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or (args[0] not in SUBCOMMANDS and args[0] not in {"-h", "--help", "--version"}):
         args.insert(0, "serve")
     flags = build_parser().parse_args(args)
+    if flags.command == "prefetch":  # a client of a running proxy: no proxy settings
+        return prefetch.main(flags)
     needs_upstream = flags.command != "dead-letter" or flags.action == "replay"
     try:
         config = settings.load(flags, os.environ, require_upstream=needs_upstream)
@@ -59,11 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def configure_logging(config: Settings) -> None:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config)
 
 
 def serve(config: Settings) -> int:
@@ -72,18 +72,14 @@ def serve(config: Settings) -> int:
 
 
 def check(config: Settings) -> int:
-    """Reach the upstream with the configured auth; say which step failed."""
-    from proxy.health import diagnose
-    from proxy.upstream import Upstream
+    """Print one line per check; exit 1 naming what failed."""
+    from proxy import check as checks
 
-    async def probe() -> list[tuple[str, bool, str]]:
-        upstream = Upstream(config, auth.credentials_from(config))
-        try:
-            return await diagnose(config, upstream)
-        finally:
-            await upstream.close()
-
-    findings = asyncio.run(probe())
-    for step, passed, detail in findings:
-        print(f"{step}: {'ok' if passed else 'FAILED'} - {detail}")
-    return 0 if all(passed for _, passed, _ in findings) else 1
+    results = asyncio.run(checks.run(config))
+    for result in results:
+        print(result.line())
+    failed = [result.name for result in results if not result.ok]
+    if failed:
+        print("failed: " + ", ".join(failed))
+        return 1
+    return 0

@@ -48,8 +48,9 @@ CREDENTIALS = frozenset({"authorization", "cookie"})
 
 # Rewritten when served; everything else passes as the upstream sent it.
 _URL_HEADERS = ("Location", "Content-Location", "Warning")
-# Recomputed by the proxy for what it actually sends.
-_RESPONSE_DROP = frozenset({"content-length", "date", "server"}) | HOP_BY_HOP
+# Recomputed by the proxy for what it actually sends.  An upstream's own X-Cache (a CDN,
+# a chained proxy) would be mistaken for this proxy's cache result in logs and metrics.
+_RESPONSE_DROP = frozenset({"content-length", "date", "server", "x-cache"}) | HOP_BY_HOP
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from proxy.errors import UpstreamAuthFailed, UpstreamError
+from proxy.errors import UpstreamError
 from proxy.settings import Settings
 from proxy.upstream import Upstream
 
@@ -34,12 +34,15 @@ class Readiness:
             return self._report
 
     async def _probe(self) -> dict[str, object]:
+        started = time.monotonic()
         upstream = await self._probe_upstream()
-        writable = all(_writable(path) for path in self._paths())
+        latency = time.monotonic() - started
+        storage_ok = all(writable(path) for path in self._paths())
         return {
-            "ready": upstream == "ok" and writable,
+            "ready": upstream == "ok" and storage_ok,
             "upstream": upstream,
-            "storage": "ok" if writable else "not writable",
+            "upstream_latency_ms": round(latency * 1000, 1),
+            "storage": "ok" if storage_ok else "not writable",
         }
 
     def _paths(self) -> list[Path]:
@@ -63,65 +66,7 @@ def data_paths(settings: Settings) -> list[Path]:
     return [settings.cache_path, settings.spool_path]
 
 
-# -- dicomweb-proxy check ---------------------------------------------------------------
-
-Finding = tuple[str, bool, str]  # step, passed, what happened (never a secret)
-
-
-async def diagnose(settings: Settings, upstream: Upstream) -> list[Finding]:
-    """Each step of reaching the upstream, saying exactly which one failed:
-    obtaining the credential (token endpoint unreachable, client rejected, ...),
-    then one QIDO-RS query with it, then the data directories."""
-    findings = [await _check_credentials(settings, upstream)]
-    if findings[0][1]:
-        findings.append(await _check_qido(settings, upstream))
-    unwritable = [str(path) for path in data_paths(settings) if not _writable(path)]
-    findings.append(
-        (
-            "storage",
-            not unwritable,
-            f"not writable: {', '.join(unwritable)}" if unwritable else "writable",
-        )
-    )
-    return findings
-
-
-async def _check_credentials(settings: Settings, upstream: Upstream) -> Finding:
-    credentials = upstream.credentials
-    if credentials is None:
-        mode = settings.upstream_auth
-        note = "clients' credentials are forwarded" if mode == "passthrough" else "no credentials"
-        return ("upstream auth", True, f"{mode}: {note}")
-    try:
-        await credentials.authorization()
-    except UpstreamAuthFailed as exc:
-        return ("upstream auth", False, f"{credentials.describe()}: {exc.detail}")
-    return ("upstream auth", True, f"{credentials.describe()}: credential ready")
-
-
-async def _check_qido(settings: Settings, upstream: Upstream) -> Finding:
-    url = (upstream.base / "studies").with_query(limit="1")
-    try:
-        async with upstream.request("GET", url, {"Accept": "application/dicom+json"}) as reply:
-            status = reply.status
-    except UpstreamError as exc:
-        return ("QIDO-RS", False, exc.detail)
-    if status < 300:
-        return ("QIDO-RS", True, f"HTTP {status} from {url.with_query(None)}")
-    return ("QIDO-RS", False, _refusal(settings, status))
-
-
-def _refusal(settings: Settings, status: int) -> str:
-    if status == 401 and settings.upstream_auth in {"none", "passthrough"}:
-        return "the upstream requires authentication: HTTP 401 (see --upstream-auth)"
-    if status == 401:
-        return "the upstream rejected the credentials: HTTP 401"
-    if status == 403:
-        return "the upstream forbids QIDO-RS to these credentials: HTTP 403"
-    return f"the upstream answered HTTP {status}"
-
-
-def _writable(path: Path) -> bool:
+def writable(path: Path) -> bool:
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):

@@ -58,6 +58,16 @@ def parse_size(text: object) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
+def format_size(count: float) -> str:
+    """Bytes -> ``512 B``, ``1.5 MiB``: the units :func:`parse_size` reads."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 def parse_duration(text: object) -> float:
     """``500ms``, ``30s``, ``5m``, ``24h``, ``7d`` -> seconds."""
     match = _NUMBER_UNIT.match(str(text))
@@ -396,8 +406,21 @@ class Settings:
         shown: dict[str, object] = {}
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
-            shown[item.name] = "***" if item.metadata["secret"] and value else value
+            if item.metadata["secret"] and value:
+                value = "***"
+            elif isinstance(value, str) and "@" in value and "://" in value:
+                value = _mask_userinfo(value)
+            shown[item.name] = value
         return shown
+
+
+def _mask_userinfo(url: str) -> str:
+    """``https://user:secret@host`` -> ``https://***@host``: URLs can carry credentials."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}{sep}***@{authority.rpartition('@')[2]}{slash}{path}"
 
 
 OPTION_FIELDS = {item.name: item for item in dataclasses.fields(Settings)}

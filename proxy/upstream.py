@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 
 import aiohttp
@@ -30,6 +31,10 @@ Body = AsyncIterable[bytes] | bytes | None
 # Called once per attempt, returning a fresh body: marks the body as replayable.
 BodyFactory = Callable[[], Body]
 
+# Told of every upstream request: its status (or "error" / "timeout") and the seconds
+# until the response headers arrived.  Metrics and the access log listen here.
+UpstreamObserver = Callable[[str, float], None]
+
 
 class Upstream:
     """Owns the pooled :class:`aiohttp.ClientSession` and the upstream base URL."""
@@ -38,6 +43,7 @@ class Upstream:
         self.base = URL(settings.upstream_url)
         self.settings = settings
         self.credentials = credentials
+        self.observers: list[UpstreamObserver] = []
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=settings.upstream_timeout,
@@ -113,13 +119,25 @@ class Upstream:
             headers = CIMultiDict(headers)  # the caller's mapping is never changed
             headers["Authorization"] = authorization
         body = data() if callable(data) else data
-        with translate_errors():
-            return await self.session.request(
-                method, url, headers=headers, data=body, allow_redirects=False
-            )
+        started = time.perf_counter()
+        try:
+            with translate_errors():
+                response = await self.session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                )
+        except UpstreamError as exc:
+            self._observe("timeout" if isinstance(exc, UpstreamTimeout) else "error", started)
+            raise
+        self._observe(str(response.status), started)
+        return response
 
     async def _authorization(self) -> str | None:
         return await self.credentials.authorization() if self.credentials else None
+
+    def _observe(self, status: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        for observer in self.observers:
+            observer(status, elapsed)
 
     async def close(self) -> None:
         await self.session.close()

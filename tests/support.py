@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,14 @@ from tests.orthanc import free_port
 
 
 class ProxyThread:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        configure: Callable[[web.Application], None] | None = None,
+    ) -> None:
+        """``configure`` may add to the app before it starts (e.g. register providers)."""
         self.settings = settings
+        self._configure = configure
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -47,6 +54,8 @@ class ProxyThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.app = create_app(self.settings)
+        if self._configure is not None:
+            self._configure(self.app)
         runner = web.AppRunner(self.app, access_log=None)
         try:
             self.loop.run_until_complete(runner.setup())

@@ -27,7 +27,11 @@ def _cache(request: web.Request) -> Cache:
 
 
 async def cache_stats(request: web.Request) -> web.StreamResponse:
-    return web.json_response(_cache(request).stats())
+    """Entries, bytes and the hit ratio (SPEC section 3, Purge)."""
+    stats = _cache(request).stats()
+    served = stats["hits"] + stats["misses"]
+    ratio = round(stats["hits"] / served, 4) if served else 0.0
+    return web.json_response({**stats, "hit_ratio": ratio})
 
 
 async def purge_all(request: web.Request) -> web.StreamResponse:

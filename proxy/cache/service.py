@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
 from proxy import forward
@@ -121,7 +122,7 @@ class Cache:
         if _not_modified(request, meta.etag):
             return web.Response(status=304, headers=_validators(response))
         if not response[forward.REWRITE] and not response.compression:
-            return web.FileResponse(hit.path, headers=response.headers)
+            return CachedFile(hit.path, headers=response.headers)
         await response.prepare(request)
         if request.method == "HEAD":
             await response.write_eof()
@@ -345,20 +346,32 @@ class Cache:
     def purge_study(self, study: str) -> int:
         return self.store.purge([f"s:{study}", f"i:{study}"])
 
-    def stats(self) -> dict[str, object]:
-        served = sum(self.results.values())
+    def stats(self) -> dict[str, int]:
+        """Entries, bytes and this process's hits/misses (the status page and /metrics)."""
         hits = self.results["hit"] + self.results["revalidated"] + self.results["stale"]
+        misses = self.results["miss"] + self.results["bypass"]
         return {
             **self.store.stats(),
             "size_limit": self.store.size_limit,
-            "results": dict(self.results),
-            "hit_ratio": round(hits / served, 4) if served else 0.0,
+            "hits": hits,
+            "misses": misses,
         }
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class CachedFile(web.FileResponse):
+    """A stored body sent with ``sendfile``.  ``prepare`` is idempotent, as it is for a
+    StreamResponse: the access log finishes responses itself, then aiohttp prepares
+    again, which would otherwise send the file twice."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
 
 
 def _storable(fill: Fill) -> bool:

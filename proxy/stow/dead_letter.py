@@ -78,6 +78,11 @@ class DeadLetter:
         found = [self._read(entry) for entry in self.root.iterdir() if _ID.match(entry.name)]
         return sorted((r for r in found if r), key=lambda record: str(record["time"]))
 
+    def count(self) -> int:
+        if not self.root.is_dir():
+            return 0
+        return sum(1 for entry in self.root.iterdir() if _ID.match(entry.name))
+
     def record(self, entry_id: str) -> dict[str, Any]:
         record = self._read(self._path(entry_id))
         if record is None:

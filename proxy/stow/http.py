@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import forward
+from proxy import forward, metrics
 from proxy import headers as hdrs
-from proxy.admin import require_admin
+from proxy.admin import DEAD_LETTERS, require_admin
 from proxy.dicomweb import stow_response
 from proxy.dicomweb.multipart import parse_media_type
 from proxy.errors import BadRequest
@@ -63,7 +64,25 @@ async def handle(request: web.Request, exchange: Exchange, context: Context) -> 
             stow.request_id,
         )
     await _notify(context, set(outcome.stored_studies))
+    await _record_metrics(request, context, outcome)
     return render(request, outcome, exchange.request_id)
+
+
+async def _record_metrics(request: web.Request, context: Context, outcome: Outcome) -> None:
+    """SPEC section 6: batches and instances by outcome, dead-letter entries now."""
+    for name, count in outcome.batches.items():
+        metrics.stow_batch(request, name, count)
+    result = outcome.response.result
+    metrics.stow_instances(request, "stored", len(result.referenced))
+    metrics.stow_instances(request, "failed", len(result.failed))
+    metrics.stow_instances(request, "dead_lettered", outcome.dead_lettered)
+    if outcome.dead_lettered:
+        await _count_dead_letters(request.app, context.settings)
+
+
+async def _count_dead_letters(app: web.Application, settings: Settings) -> None:
+    dead_letter = DeadLetter(settings.dead_letter_path)
+    metrics.dead_letter_entries(app, await asyncio.to_thread(dead_letter.count))
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -110,7 +129,7 @@ def wants_xml(accept: str) -> bool:
 
 # -- /admin/dead-letter -------------------------------------------------------------------
 
-ContextOf = Callable[[web.Request], Context]
+ContextOf = Callable[[web.Application], Context]
 
 
 def add_admin_routes(app: web.Application, context_of: ContextOf) -> None:
@@ -118,18 +137,18 @@ def add_admin_routes(app: web.Application, context_of: ContextOf) -> None:
 
     async def listing(request: web.Request) -> web.StreamResponse:
         require_admin(request)
-        dead_letter = DeadLetter(context_of(request).settings.dead_letter_path)
+        dead_letter = DeadLetter(context_of(request.app).settings.dead_letter_path)
         records = await asyncio.to_thread(dead_letter.records)
         return web.json_response({"entries": records})
 
     async def show(request: web.Request) -> web.StreamResponse:
         require_admin(request)
-        dead_letter = DeadLetter(context_of(request).settings.dead_letter_path)
+        dead_letter = DeadLetter(context_of(request.app).settings.dead_letter_path)
         return web.json_response(await asyncio.to_thread(dead_letter.record, _id(request)))
 
     async def resend(request: web.Request) -> web.StreamResponse:
         require_admin(request)
-        context = context_of(request)
+        context = context_of(request.app)
         headers = {"X-Request-ID": request_id(request), "Via": hdrs.VIA}
         result = await replay(_id(request), context.settings, context.upstream, headers)
         if result.stored:
@@ -138,10 +157,11 @@ def add_admin_routes(app: web.Application, context_of: ContextOf) -> None:
 
     async def drop(request: web.Request) -> web.StreamResponse:
         require_admin(request)
-        dead_letter = DeadLetter(context_of(request).settings.dead_letter_path)
+        dead_letter = DeadLetter(context_of(request.app).settings.dead_letter_path)
         await asyncio.to_thread(dead_letter.drop, _id(request))
         return web.Response(status=204)
 
+    app[DEAD_LETTERS] = DeadLetterAdmin(app, context_of)
     app.router.add_get("/admin/dead-letter", listing)
     app.router.add_get("/admin/dead-letter/{id}", show)
     app.router.add_post("/admin/dead-letter/{id}/replay", resend)
@@ -150,3 +170,32 @@ def add_admin_routes(app: web.Application, context_of: ContextOf) -> None:
 
 def _id(request: web.Request) -> str:
     return request.match_info["id"]
+
+
+class DeadLetterAdmin:
+    """The dead-letter store as the status page sees it (``proxy.admin.DeadLetterView``)."""
+
+    def __init__(self, app: web.Application, context_of: ContextOf) -> None:
+        self._app = app
+        self._context_of = context_of
+
+    def _context(self) -> Context:
+        return self._context_of(self._app)
+
+    async def entries(self) -> Sequence[Mapping[str, object]]:
+        settings = self._context().settings
+        return await asyncio.to_thread(DeadLetter(settings.dead_letter_path).records)
+
+    async def replay(self, entry_id: str) -> bool:
+        context = self._context()
+        headers = {"X-Request-ID": uuid.uuid4().hex, "Via": hdrs.VIA}
+        result = await replay(entry_id, context.settings, context.upstream, headers)
+        if result.stored:
+            await _notify(context, {result.study})
+        await _count_dead_letters(self._app, context.settings)
+        return result.stored
+
+    async def drop(self, entry_id: str) -> None:
+        settings = self._context().settings
+        await asyncio.to_thread(DeadLetter(settings.dead_letter_path).drop, entry_id)
+        await _count_dead_letters(self._app, settings)

@@ -18,8 +18,9 @@ import logging
 import shutil
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from yarl import URL
 
@@ -55,6 +56,8 @@ class Outcome:
     warnings: tuple[str, ...]
     stored_studies: frozenset[str]
     dead_lettered: int
+    # Metric outcomes (SPEC section 6): batches stored/partial/failed/retried/split.
+    batches: Counter[str] = field(default_factory=Counter)
 
 
 async def store(
@@ -96,7 +99,9 @@ async def store(
     finally:
         # Synchronous on purpose: it must also run when the task is being cancelled.
         shutil.rmtree(directory, ignore_errors=True)
-    return _outcome(sent, spooled.rejected, request, kept)
+    outcome = _outcome(sent, spooled.rejected, request, kept)
+    outcome.batches.update(tally_batches(sent, planned=len(batches)))
+    return outcome
 
 
 def _outcome(
@@ -117,6 +122,20 @@ def _outcome(
     )
     warnings = tuple(dict.fromkeys(w for s in sent for w in s.warnings))
     return Outcome(response, warnings, stored, kept)
+
+
+def tally_batches(sent: Sequence[Sent], planned: int) -> Counter[str]:
+    """Each upstream batch by outcome, plus every retry and every 413 split."""
+    tally: Counter[str] = Counter()
+    for batch_sent in sent:
+        result = batch_sent.report.result
+        if not result.failed:
+            tally["stored"] += 1
+        else:
+            tally["partial" if result.referenced else "failed"] += 1
+        tally["retried"] += batch_sent.attempts - 1
+    tally["split"] += len(sent) - planned  # each split turns one batch into two
+    return +tally
 
 
 def should_keep(sent: Sent, reason: int) -> bool:

@@ -118,8 +118,8 @@ async def test_check_reports_each_step_ok(
 ) -> None:
     status, out = await run_check(*oauth2_args(idp, oauth_upstream.url, tmp_path))
     assert status == 0, out
-    assert f"upstream auth: ok - oauth2 client 'proxy-client' at {idp.url}: credential ready" in out
-    assert "QIDO-RS: ok - HTTP 200" in out
+    assert f"upstream auth: ok (oauth2 client 'proxy-client' at {idp.url}: credential ready)" in out
+    assert "upstream: ok (HTTP 200" in out and "qido: ok" in out
     assert "storage: ok" in out
     assert idp.calls == 1
     assert idp.issued[0] not in out and idp.client_secret not in out
@@ -136,7 +136,7 @@ async def test_check_names_an_unreachable_token_endpoint(
     assert status == 1
     assert "upstream auth: FAILED" in out
     assert "the OAuth2 token endpoint is unreachable" in out
-    assert "QIDO-RS" not in out
+    assert "qido" not in out
     assert oauth_upstream.received == []
 
 
@@ -166,4 +166,4 @@ async def test_check_names_an_upstream_401(
     status, out = await run_check(*oauth2_args(idp, base, tmp_path))
     assert status == 1
     assert "upstream auth: ok" in out
-    assert "QIDO-RS: FAILED - the upstream rejected the credentials: HTTP 401" in out
+    assert "upstream: FAILED (the upstream rejected the credentials: HTTP 401)" in out

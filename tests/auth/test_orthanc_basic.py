@@ -97,13 +97,13 @@ async def test_check_against_a_guarded_orthanc(
     good = [*base, "--upstream-auth", "basic", "--upstream-username", "alice",
             "--upstream-password-file", str(password_file)]  # fmt: skip
     assert await asyncio.to_thread(main, good) == 0
-    assert "upstream auth: ok - basic as user 'alice'" in capfd.readouterr().out
+    assert "upstream auth: ok (basic as user 'alice'" in capfd.readouterr().out
     wrong = password_file.with_name("wrong")
     wrong.write_text("not-the-password")
     bad = [*good[:-1], str(wrong)]
     assert await asyncio.to_thread(main, bad) == 1
     out = capfd.readouterr().out
-    assert "QIDO-RS: FAILED - the upstream rejected the credentials: HTTP 401" in out
+    assert "upstream: FAILED (the upstream rejected the credentials: HTTP 401)" in out
     assert PASSWORD not in out
 
 

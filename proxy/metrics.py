@@ -1,0 +1,370 @@
+"""Prometheus metrics (SPEC section 6), one :class:`Metrics` per application.
+
+Every application gets its own :class:`~prometheus_client.CollectorRegistry` under the
+:data:`METRICS` AppKey — never the process-global default registry, so tests can build
+many applications in one process.  Other modules record through the small typed
+functions below; each takes the ``web.Application`` (or a request, or a
+:class:`Metrics`) and does nothing when the application has no metrics::
+
+    metrics.request_done(app, "wado", "GET", 200, seconds)   # the access-log middleware
+    metrics.upstream_response(app, "200", seconds)           # Upstream observer (TTFB)
+    metrics.cache_result(app, "hit")       # hit | miss | stale | bypass | revalidated
+    metrics.served_bytes(app, "cache", n)  # cache | upstream
+    metrics.stow_batch(app, "stored", n)   # stored | partial | failed | retried | split
+    metrics.stow_instances(app, "stored", n)  # stored | failed | dead_lettered
+    metrics.dead_letter_entries(app, n)    # gauge: entries now in the dead-letter store
+
+``cache_result`` and ``served_bytes`` are recorded for every client response by the
+access-log middleware (:mod:`proxy.logs`) from its ``X-Cache`` header (SPEC section 3);
+the cache only has to set that header.  ``dicomweb_proxy_cache_bytes`` and
+``..._entries`` are read at scrape time from the optional :data:`CACHE_STATS` provider:
+a callable returning a mapping with ``entries``, ``bytes`` and, for the status page,
+``hits`` and ``misses``.
+
+Several worker processes (``--workers`` > 1) share their metrics through prometheus
+client's multiprocess mode: the parent calls :func:`reset_multiprocess_dir` once before
+starting workers, and each worker builds its ``Metrics(multiprocess_dir=...)``; a scrape
+of any worker then returns the sum over all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+from proxy.settings import Settings
+
+# From a 2 ms metadata hit to a multi-minute study retrieve.
+DURATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+CACHE_RESULTS = ("hit", "miss", "stale", "bypass", "revalidated")
+SOURCES = ("cache", "upstream")
+BATCH_OUTCOMES = ("stored", "partial", "failed", "retried", "split")
+INSTANCE_OUTCOMES = ("stored", "failed", "dead_lettered")
+
+CacheStats = Callable[[], Mapping[str, int]]
+CACHE_STATS: web.AppKey[CacheStats] = web.AppKey("cache_stats")
+
+
+class Metrics:
+    """The metric families of SPEC section 6, registered in a private registry."""
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            use_multiprocess(multiprocess_dir)
+        self.registry = CollectorRegistry(auto_describe=True)
+        # Labelled children by label values: labels() costs a lock and a few µs per
+        # call, on every request of a cache-hit path that is otherwise a sendfile.
+        self._children: dict[tuple[object, ...], Any] = {}
+        self._define_traffic()
+        self._define_cache()
+        self._define_stow()
+
+    def _define_traffic(self) -> None:
+        reg = self.registry
+        self.requests = Counter(
+            "dicomweb_proxy_requests",
+            "Client requests by DICOMweb transaction, method and status",
+            ("transaction", "method", "status"),
+            registry=reg,
+        )
+        self.request_duration = Histogram(
+            "dicomweb_proxy_request_duration_seconds",
+            "Client request duration, until the last byte was sent",
+            ("transaction",),
+            buckets=DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.upstream_requests = Counter(
+            "dicomweb_proxy_upstream_requests",
+            "Upstream requests by status (or error, timeout)",
+            ("status",),
+            registry=reg,
+        )
+        self.upstream_duration = Histogram(
+            "dicomweb_proxy_upstream_duration_seconds",
+            "Upstream time to first byte (response headers)",
+            buckets=DURATION_BUCKETS,
+            registry=reg,
+        )
+
+    def _define_cache(self) -> None:
+        reg = self.registry
+        self.cache_requests = Counter(
+            "dicomweb_proxy_cache_requests",
+            "Cacheable requests by cache result",
+            ("result",),
+            registry=reg,
+        )
+        self.served = Counter(
+            "dicomweb_proxy_cache_served_bytes",
+            "Response bytes sent to clients, by where they came from",
+            ("source",),
+            registry=reg,
+        )
+        # One cache is shared by all workers: every worker reports the same figure.
+        self.cache_bytes = Gauge(
+            "dicomweb_proxy_cache_bytes",
+            "Bytes held in the disk cache",
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        self.cache_entries = Gauge(
+            "dicomweb_proxy_cache_entries",
+            "Entries held in the disk cache",
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        for result in CACHE_RESULTS:
+            self.cache_requests.labels(result)
+        for source in SOURCES:
+            self.served.labels(source)
+
+    def _define_stow(self) -> None:
+        reg = self.registry
+        self.stow_batches = Counter(
+            "dicomweb_proxy_stow_batches",
+            "Upstream STOW-RS batches by outcome",
+            ("outcome",),
+            registry=reg,
+        )
+        self.stow_instances = Counter(
+            "dicomweb_proxy_stow_instances",
+            "STOW-RS instances by final outcome",
+            ("outcome",),
+            registry=reg,
+        )
+        self.dead_letters = Gauge(
+            "dicomweb_proxy_dead_letter_entries",
+            "Instances kept in the dead-letter store",
+            registry=reg,
+            multiprocess_mode="mostrecent",
+        )
+        for outcome in BATCH_OUTCOMES:
+            self.stow_batches.labels(outcome)
+        for outcome in INSTANCE_OUTCOMES:
+            self.stow_instances.labels(outcome)
+
+    def child(self, family: Any, *labels: str) -> Any:
+        key = (id(family), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*labels)
+        return found
+
+    # -- reading -----------------------------------------------------------------
+
+    def collection_registry(self) -> CollectorRegistry:
+        """What a scrape reads: this process's registry, or every worker's files."""
+        if self.multiprocess_dir is None:
+            return self.registry
+        return read_multiprocess(self.multiprocess_dir)
+
+    def render(self) -> bytes:
+        return generate_latest(self.collection_registry())
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's value (0 when absent), e.g. ``value("..._total", status="200")``."""
+        registry = self.collection_registry()
+        found = registry.get_sample_value(name, labels)
+        return float(found) if found is not None else 0.0
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum over every sample of ``name`` whose labels include ``labels``."""
+        summed = 0.0
+        for family in self.collection_registry().collect():
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    summed += sample.value
+        return summed
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+Target = web.Application | web.Request | Metrics
+
+
+def _resolve(target: Target) -> Metrics | None:
+    if isinstance(target, Metrics):
+        return target
+    app = target.app if isinstance(target, web.Request) else target
+    return app.get(METRICS)
+
+
+# -- recording ------------------------------------------------------------------------
+
+
+def request_done(
+    target: Target, transaction: str, method: str, status: int, seconds: float
+) -> None:
+    found = _resolve(target)
+    if found:
+        found.child(found.requests, transaction, method, str(status)).inc()
+        found.child(found.request_duration, transaction).observe(seconds)
+
+
+def upstream_response(target: Target, status: str, seconds: float) -> None:
+    """``status`` is the HTTP status, or ``error`` / ``timeout`` when none came."""
+    found = _resolve(target)
+    if found:
+        found.child(found.upstream_requests, status).inc()
+        found.upstream_duration.observe(seconds)
+
+
+def cache_result(target: Target, result: str) -> None:
+    found = _resolve(target)
+    if found and result in CACHE_RESULTS:
+        found.child(found.cache_requests, result).inc()
+
+
+def served_bytes(target: Target, source: str, count: int) -> None:
+    found = _resolve(target)
+    if found and count > 0:
+        found.child(found.served, source).inc(count)
+
+
+def stow_batch(target: Target, outcome: str, count: int = 1) -> None:
+    found = _resolve(target)
+    if found and count > 0:
+        found.stow_batches.labels(outcome).inc(count)
+
+
+def stow_instances(target: Target, outcome: str, count: int = 1) -> None:
+    found = _resolve(target)
+    if found and count > 0:
+        found.stow_instances.labels(outcome).inc(count)
+
+
+def dead_letter_entries(target: Target, count: int) -> None:
+    found = _resolve(target)
+    if found:
+        found.dead_letters.set(count)
+
+
+def cache_stats(app: web.Application) -> Mapping[str, int]:
+    """The cache's own figures, ``{}`` when no cache registered a provider."""
+    provider = app.get(CACHE_STATS)
+    return provider() if provider else {}
+
+
+def refresh_cache_gauges(app: web.Application) -> None:
+    found = app.get(METRICS)
+    stats = cache_stats(app)
+    if found and stats:
+        found.cache_bytes.set(stats.get("bytes", 0))
+        found.cache_entries.set(stats.get("entries", 0))
+
+
+# -- multiprocess mode ----------------------------------------------------------------
+
+
+def multiprocess_dir(settings: Settings) -> Path | None:
+    """Where workers share their metrics: ``<data-dir>/metrics`` with ``--workers`` > 1."""
+    return Path(settings.data_dir) / "metrics" if settings.workers > 1 else None
+
+
+def reset_multiprocess_dir(directory: Path) -> None:
+    """Start-up, in the parent, before any worker: stale files would add old counts."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+
+
+def read_multiprocess(directory: Path) -> CollectorRegistry:
+    """Every worker's metrics, summed (gauges: the most recent value)."""
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]  # untyped upstream
+        merged, path=str(directory)
+    )
+    return merged
+
+
+def use_multiprocess(directory: Path) -> None:
+    """Make metrics created from now on in this process write to ``directory``.
+
+    prometheus-client picks its value class from ``PROMETHEUS_MULTIPROC_DIR`` when it
+    is first imported; a worker switches after the fact, before creating any metric.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == str(directory):
+        return
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+# -- wiring ---------------------------------------------------------------------------
+
+
+def setup(app: web.Application, settings: Settings) -> None:
+    """Create the app's metrics and serve ``/metrics`` (main port or ``--metrics-listen``)."""
+    app[METRICS] = Metrics(multiprocess_dir(settings))
+    if settings.metrics_listen:
+        app.cleanup_ctx.append(_separate_listener(settings.metrics_listen, settings.workers > 1))
+    else:
+        app.router.add_get("/metrics", metrics_endpoint)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text exposition; no auth (SPEC section 4)."""
+    app = request.app.get(_OWNER, request.app)
+    refresh_cache_gauges(app)
+    body = app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+_OWNER = web.AppKey("metrics_owner", web.Application)
+
+
+def _separate_listener(
+    listen: str, reuse_port: bool
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """``--metrics-listen``: a second small server that serves ``/metrics`` only.
+
+    A runner of its own (rather than a second site of the main one) keeps DICOMweb off
+    the metrics port.  Workers share the port with ``SO_REUSEPORT`` like the main one.
+    """
+    host, _, port = listen.rpartition(":")
+
+    async def serve(app: web.Application) -> AsyncIterator[None]:
+        metrics_app = web.Application()
+        metrics_app[_OWNER] = app
+        metrics_app.router.add_get("/metrics", metrics_endpoint)
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_port=reuse_port or None)
+        await site.start()
+        yield
+        await runner.cleanup()
+
+    return serve

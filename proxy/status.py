@@ -1,0 +1,324 @@
+"""The ``/admin/`` status page: one HTML page an operator reads in a browser.
+
+Shows the cache (size, entries, hit ratio), bytes served from the cache and from the
+upstream, upstream health and latency, the last requests (query values already
+removed by :mod:`proxy.logs`) and the dead-letter entries with replay/drop buttons.
+Behind :func:`proxy.admin.require_admin`; a browser signs in with the admin token
+through a form that sets a session cookie.  Every value is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+
+from aiohttp import web
+
+from proxy import admin, logs, metrics
+from proxy.errors import Forbidden, PayloadTooLarge, Unauthorized
+from proxy.settings import format_size
+
+_FORM_LIMIT = 4096
+_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+_NOTICES = {
+    "replayed": "Replayed: the instance was stored upstream.",
+    "replay-failed": "Replay failed: the entry stays in the dead-letter store.",
+    "dropped": "Dropped.",
+}
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/admin", _to_page)
+    app.router.add_get("/admin/", status_page)
+    app.router.add_post("/admin/login", login)
+    app.router.add_post("/admin/logout", logout)
+    app.router.add_post("/admin/ui/dead-letter/{entry}/{action:replay|drop}", dead_letter_action)
+
+
+async def _to_page(request: web.Request) -> web.StreamResponse:
+    return _see_other("/admin/")
+
+
+def _see_other(location: str) -> web.Response:
+    """A redirect returned, not raised, so the access log sees its real size."""
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+# -- handlers -------------------------------------------------------------------------
+
+
+async def status_page(request: web.Request) -> web.StreamResponse:
+    try:
+        admin.require_admin(request)
+    except Unauthorized:
+        return _html(login_form(), status=401)
+    sections = [
+        _notice(request.query.get("done", "")),
+        _cache_section(request.app),
+        await _upstream_section(request.app),
+        await _dead_letter_section(request.app),
+        _recent_section(request.app),
+    ]
+    return _html(_page("dicomweb-proxy status", "".join(sections), signed_in=True))
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    """Form sign-in: a right token sets the session cookie (see :mod:`proxy.admin`)."""
+    if not request.app.get(admin.ADMIN_TOKEN):
+        admin.require_admin(request)  # 404: admin disabled
+    form = await _read_form(request)
+    if not admin.token_matches(request.app, form.get("token", "")):
+        return _html(login_form(error="That token is not valid."), status=401)
+    response = _see_other("/admin/")
+    admin.start_session(request, response)
+    return response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    response = _see_other("/admin/")
+    admin.end_session(response)
+    return response
+
+
+async def dead_letter_action(request: web.Request) -> web.StreamResponse:
+    admin.require_admin(request)
+    _same_origin(request)
+    store = request.app.get(admin.DEAD_LETTERS)
+    if store is None:
+        raise web.HTTPNotFound()
+    entry = request.match_info["entry"]
+    if request.match_info["action"] == "drop":
+        await store.drop(entry)
+        done = "dropped"
+    else:
+        done = "replayed" if await store.replay(entry) else "replay-failed"
+    return _see_other(f"/admin/?done={done}")
+
+
+def _same_origin(request: web.Request) -> None:
+    """Belt and braces next to SameSite=Strict: refuse cross-site form posts."""
+    origin = request.headers.get("Origin")
+    if origin and urllib.parse.urlsplit(origin).netloc != request.host:
+        raise Forbidden("cross-origin admin action refused")
+
+
+async def _read_form(request: web.Request) -> dict[str, str]:
+    """A small urlencoded form, read with a bound (the app itself sets none)."""
+    body = b""
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > _FORM_LIMIT:
+            raise PayloadTooLarge("the form is too large")
+    pairs = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return dict(pairs)
+
+
+# -- sections -------------------------------------------------------------------------
+
+
+def _cache_section(app: web.Application) -> str:
+    stats = metrics.cache_stats(app)
+    found = app.get(metrics.METRICS)
+    rows: list[tuple[str, str]] = []
+    if stats:
+        rows += [
+            ("Entries", f"{stats.get('entries', 0):,}"),
+            ("Size", format_size(stats.get("bytes", 0))),
+        ]
+    else:
+        rows.append(("Disk cache", "not available"))
+    hits, misses = _hits_and_misses(stats, found)
+    rows.append(("Hit ratio", hit_ratio(hits, misses)))
+    if found:
+        from_cache = found.value("dicomweb_proxy_cache_served_bytes_total", source="cache")
+        upstream = found.value("dicomweb_proxy_cache_served_bytes_total", source="upstream")
+        rows += [
+            ("Served from cache", format_size(from_cache)),
+            ("Served from upstream", format_size(upstream)),
+        ]
+    return _section("Cache", "cache", _table_rows(rows))
+
+
+def _hits_and_misses(
+    stats: Mapping[str, int], found: metrics.Metrics | None
+) -> tuple[float, float]:
+    if "hits" in stats and "misses" in stats:
+        return float(stats["hits"]), float(stats["misses"])
+    if found is None:
+        return 0.0, 0.0
+    name = "dicomweb_proxy_cache_requests_total"
+    hits = found.value(name, result="hit") + found.value(name, result="stale")
+    return hits + found.value(name, result="revalidated"), found.value(name, result="miss")
+
+
+async def _upstream_section(app: web.Application) -> str:
+    from proxy.app import READINESS  # late: proxy.app imports this module
+
+    rows: list[tuple[str, str]] = []
+    readiness = app.get(READINESS)
+    if readiness is not None:
+        report = await readiness.check()
+        rows += [
+            ("Ready", "yes" if report.get("ready") else "no"),
+            ("Upstream", str(report.get("upstream", "-"))),
+            ("Probe latency", f"{report.get('upstream_latency_ms', '-')} ms"),
+            ("Storage", str(report.get("storage", "-"))),
+        ]
+    found = app.get(metrics.METRICS)
+    if found:
+        count = found.value("dicomweb_proxy_upstream_duration_seconds_count")
+        total = found.value("dicomweb_proxy_upstream_duration_seconds_sum")
+        mean = f"{total / count * 1000:.1f} ms" if count else "-"
+        rows += [("Upstream requests", f"{count:,.0f}"), ("Mean time to first byte", mean)]
+    return _section("Upstream", "upstream", _table_rows(rows))
+
+
+async def _dead_letter_section(app: web.Application) -> str:
+    store = app.get(admin.DEAD_LETTERS)
+    if store is None:
+        return _section("Dead letter", "dead-letter", "<p>not available</p>")
+    entries = await store.entries()
+    if not entries:
+        return _section("Dead letter", "dead-letter", "<p>No entries.</p>")
+    columns = ("id", "time", "study", "sop", "status", "reason", "attempts")
+    rows: list[list[str]] = [
+        [*(_cell(entry, key) for key in columns), _actions(entry)] for entry in entries
+    ]
+    table = _table(
+        ["Id", "Time", "Study", "SOP Instance", "Status", "Reason", "Attempts", ""], rows
+    )
+    return _section("Dead letter", "dead-letter", table)
+
+
+def _actions(entry: Mapping[str, object]) -> Markup:
+    quoted = urllib.parse.quote(str(entry.get("id", "")), safe="")
+    buttons = []
+    for action, label in (("replay", "Replay"), ("drop", "Drop")):
+        buttons.append(
+            f'<form method="post" action="/admin/ui/dead-letter/{_e(quoted)}/{action}">'
+            f'<button type="submit" name="{action}">{label}</button></form>'
+        )
+    return Markup("".join(buttons))
+
+
+def _recent_section(app: web.Application) -> str:
+    recent = list(app.get(logs.RECENT, ()))[::-1]
+    if not recent:
+        return _section("Recent requests", "recent", "<p>None yet.</p>")
+    rows = [
+        [
+            time.strftime("%H:%M:%S", time.localtime(record["time"])),
+            record["method"],
+            record["path"],
+            str(record["status"]),
+            format_size(record["bytes"]),
+            f"{record['duration_ms']:.1f} ms",
+            record["cache"] or "-",
+            "-" if record["upstream_ms"] is None else f"{record['upstream_ms']:.1f} ms",
+            record["request_id"],
+        ]
+        for record in recent
+    ]
+    headers = ["Time", "Method", "Path", "Status", "Bytes", "Duration", "Cache", "Upstream", "Id"]
+    return _section("Recent requests", "recent", _table(headers, rows))
+
+
+# -- HTML -----------------------------------------------------------------------------
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
+table{border-collapse:collapse;margin-bottom:1.5rem}
+th,td{border-bottom:1px solid #ddd;padding:.25rem .6rem;text-align:left;font-size:.9rem}
+th{background:#f3f3f3} td.n{text-align:right} form{display:inline}
+.notice{background:#eef6ee;padding:.5rem;border-left:4px solid #4a4}
+.error{background:#fbeaea;padding:.5rem;border-left:4px solid #c44}
+"""
+
+
+class Markup(str):
+    """HTML built here from escaped parts; table cells of this type are not escaped."""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _cell(entry: Mapping[str, object], key: str) -> str:
+    value = entry.get(key)
+    return "-" if value is None else str(value)
+
+
+def _page(title: str, body: str, *, signed_in: bool = False) -> str:
+    logout_form = (
+        '<form method="post" action="/admin/logout"><button>Sign out</button></form>'
+        if signed_in
+        else ""
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head>"
+        f'<body><h1>{_e(title)}</h1><p><a href="/admin/">Refresh</a> {logout_form}</p>'
+        f"{body}</body></html>"
+    )
+
+
+def login_form(error: str = "") -> str:
+    message = f'<p class="error">{_e(error)}</p>' if error else ""
+    form = (
+        f'{message}<form method="post" action="/admin/login">'
+        '<label for="token">Admin token</label> '
+        '<input id="token" name="token" type="password" autocomplete="current-password" '
+        'required autofocus> <button type="submit">Sign in</button></form>'
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>dicomweb-proxy admin</title><style>{_STYLE}</style></head>"
+        f"<body><h1>dicomweb-proxy admin</h1>{form}</body></html>"
+    )
+
+
+def _notice(code: str) -> str:
+    text = _NOTICES.get(code)
+    return f'<p class="notice">{_e(text)}</p>' if text else ""
+
+
+def _section(title: str, anchor: str, content: str) -> str:
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{content}</section>'
+
+
+def _table_rows(rows: Iterable[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th>{_e(key)}</th><td>{_e(value)}</td></tr>" for key, value in rows)
+    return f"<table>{body}</table>"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A table of escaped cells; :class:`Markup` cells (built here) stay HTML."""
+    head = "".join(f"<th>{_e(name)}</th>" for name in headers)
+    lines = []
+    for row in rows:
+        cells = "".join(
+            f"<td>{cell}</td>" if isinstance(cell, Markup) else f"<td>{_e(cell)}</td>"
+            for cell in row
+        )
+        lines.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(lines)}</table>"
+
+
+def _html(body: str, *, status: int = 200) -> web.Response:
+    return web.Response(
+        text=body, status=status, content_type="text/html", headers=_SECURITY_HEADERS
+    )
+
+
+def hit_ratio(hits: float, misses: float) -> str:
+    total = hits + misses
+    return f"{hits / total:.1%} ({hits:,.0f} of {total:,.0f})" if total else "-"

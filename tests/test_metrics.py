@@ -1,0 +1,208 @@
+"""Metrics move as they should after a known sequence of requests (SPEC section 6)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy import logs, metrics
+from tests.dicomgen import Study
+from tests.orthanc import free_port
+from tests.support import ProxyThread
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = fetch(url)
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_known_sequence_moves_request_and_upstream_metrics(
+    proxy: ProxyThread, study: Study
+) -> None:
+    series_uid, sop_uid, data = study.instances[0]
+    base = proxy.dicomweb
+    assert fetch(f"{base}/studies?StudyInstanceUID={study.uid}")[0] == 200
+    assert fetch(f"{base}/studies/{study.uid}/metadata")[0] == 200
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    instance_url = f"{base}/studies/{study.uid}/series/{series_uid}/instances/{sop_uid}"
+    assert fetch(instance_url, accept)[0] == 200
+    assert fetch(f"{base}/studies/1.2.3.999/metadata")[0] == 404
+    assert fetch(f"{proxy.url}/healthz")[0] == 200
+
+    samples = scrape(proxy.url + "/metrics")
+    requests = "dicomweb_proxy_requests_total"
+    assert value(samples, requests, transaction="qido", method="GET", status="200") == 1
+    assert value(samples, requests, transaction="wado_metadata", method="GET", status="200") == 1
+    assert value(samples, requests, transaction="wado_metadata", method="GET", status="404") == 1
+    assert value(samples, requests, transaction="wado", method="GET", status="200") == 1
+    assert value(samples, requests, transaction="other", method="GET", status="200") == 1
+    durations = "dicomweb_proxy_request_duration_seconds_count"
+    assert value(samples, durations, transaction="wado_metadata") == 2
+    assert value(samples, durations, transaction="qido") == 1
+    # Four client requests reached the upstream, and each study-level metadata miss
+    # also asked for the study's instance count (the cache's revalidation baseline);
+    # /healthz did not.
+    assert value(samples, "dicomweb_proxy_upstream_requests_total", status="200") == 5
+    assert value(samples, "dicomweb_proxy_upstream_requests_total", status="404") == 1
+    assert value(samples, "dicomweb_proxy_upstream_duration_seconds_count") == 6
+    assert value(samples, "dicomweb_proxy_upstream_duration_seconds_sum") > 0
+    # Everything came from the upstream, at least the instance's own bytes.
+    served = "dicomweb_proxy_cache_served_bytes_total"
+    assert value(samples, served, source="upstream") > len(data)
+    assert value(samples, served, source="cache") == 0
+    # Families a scrape must always show, at zero before anything happened.
+    assert (("dicomweb_proxy_cache_requests_total", (("result", "hit"),))) in samples
+    assert (("dicomweb_proxy_stow_batches_total", (("outcome", "split"),))) in samples
+    assert (("dicomweb_proxy_stow_instances_total", (("outcome", "dead_lettered"),))) in samples
+    assert ("dicomweb_proxy_dead_letter_entries", ()) in samples
+
+
+def test_unreachable_upstream_counts_as_error(
+    start_proxy: Callable[..., ProxyThread],
+) -> None:
+    proxy = start_proxy(f"http://127.0.0.1:{free_port()}/dicom-web")
+    assert fetch(proxy.dicomweb + "/studies")[0] == 502
+    samples = scrape(proxy.url + "/metrics")
+    assert value(samples, "dicomweb_proxy_upstream_requests_total", status="error") == 1
+    labels = {"transaction": "qido", "method": "GET", "status": "502"}
+    assert value(samples, "dicomweb_proxy_requests_total", **labels) == 1
+
+
+def test_metrics_listen_serves_only_metrics(
+    orthanc_url: str, start_proxy: Callable[..., ProxyThread]
+) -> None:
+    port = free_port()
+    proxy = start_proxy(orthanc_url, metrics_listen=f"127.0.0.1:{port}")
+    assert fetch(proxy.dicomweb + "/studies?limit=1")[0] == 200
+    samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    labels = {"transaction": "qido", "method": "GET", "status": "200"}
+    assert value(samples, "dicomweb_proxy_requests_total", **labels) == 1
+    assert fetch(proxy.url + "/metrics")[0] == 404
+    assert fetch(f"http://127.0.0.1:{port}/dicom-web/studies")[0] == 404
+
+
+@pytest.fixture
+def orthanc_url(orthanc) -> str:  # type: ignore[no-untyped-def]
+    return str(orthanc.dicomweb)
+
+
+# -- recording helpers, through the access-log middleware -----------------------------
+
+
+def _app_answering(headers: dict[str, str], body: bytes) -> web.Application:
+    app = web.Application(middlewares=[logs.access_middleware])
+    app[metrics.METRICS] = metrics.Metrics()
+    logs.setup(app)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers=headers)
+
+    app.router.add_get("/x", handler)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("x_cache", "result"),
+    [("HIT", "hit"), ("MISS", "miss"), ("STALE", "stale"), ("BYPASS", "bypass")],
+)
+async def test_x_cache_header_counts_cache_result(
+    aiohttp_client: Callable[..., TestClient], x_cache: str, result: str
+) -> None:
+    app = _app_answering({"X-Cache": x_cache}, b"abc")
+    client = await aiohttp_client(app)
+    response = await client.get("/x")
+    assert response.status == 200
+    found = app[metrics.METRICS]
+    assert found.value("dicomweb_proxy_cache_requests_total", result=result) == 1
+    assert found.total("dicomweb_proxy_cache_requests_total") == 1
+
+
+def test_recording_functions_ignore_an_app_without_metrics() -> None:
+    app = web.Application()
+    metrics.cache_result(app, "hit")
+    metrics.stow_batch(app, "split")
+    metrics.stow_instances(app, "dead_lettered", 3)
+    metrics.dead_letter_entries(app, 2)  # nothing raised
+
+
+def test_stow_and_cache_gauges() -> None:
+    app = web.Application()
+    found = app[metrics.METRICS] = metrics.Metrics()
+    app[metrics.CACHE_STATS] = lambda: {"entries": 7, "bytes": 4096, "hits": 1, "misses": 2}
+    metrics.stow_batch(app, "split")
+    metrics.stow_instances(app, "stored", 49)
+    metrics.dead_letter_entries(app, 2)
+    metrics.refresh_cache_gauges(app)
+    assert found.value("dicomweb_proxy_stow_batches_total", outcome="split") == 1
+    assert found.value("dicomweb_proxy_stow_instances_total", outcome="stored") == 49
+    assert found.value("dicomweb_proxy_dead_letter_entries") == 2
+    assert found.value("dicomweb_proxy_cache_entries") == 7
+    assert found.value("dicomweb_proxy_cache_bytes") == 4096
+
+
+# -- multiprocess mode ----------------------------------------------------------------
+
+
+def _worker(directory: str, requests: int, cache_bytes: int) -> None:
+    """One worker process: switch to multiprocess values, record, exit."""
+    found = metrics.Metrics(Path(directory))
+    for _ in range(requests):
+        metrics.request_done(found, "wado", "GET", 200, 0.002)
+    found.cache_bytes.set(cache_bytes)
+
+
+def test_workers_share_metrics_through_the_multiprocess_dir(tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    (directory / "counter_99999.db").write_bytes(b"stale from a previous run")
+    metrics.reset_multiprocess_dir(directory)
+    assert list(directory.iterdir()) == []
+
+    context = multiprocessing.get_context("spawn")
+    for requests, size in ((2, 100), (3, 100)):
+        process = context.Process(target=_worker, args=(str(directory), requests, size))
+        process.start()
+        process.join(60)
+        assert process.exitcode == 0
+
+    merged = metrics.read_multiprocess(directory)
+    labels = {"transaction": "wado", "method": "GET", "status": "200"}
+    assert merged.get_sample_value("dicomweb_proxy_requests_total", labels) == 5
+    histogram = "dicomweb_proxy_request_duration_seconds_count"
+    assert merged.get_sample_value(histogram, {"transaction": "wado"}) == 5
+    assert merged.get_sample_value("dicomweb_proxy_cache_bytes", {}) == 100
+
+
+def test_multiprocess_dir_only_with_several_workers(tmp_path: Path) -> None:
+    from tests.support import make_settings
+
+    one = make_settings("http://127.0.0.1:1/dicom-web", tmp_path)
+    assert metrics.multiprocess_dir(one) is None
+    several = make_settings("http://127.0.0.1:1/dicom-web", tmp_path, workers=4)
+    assert metrics.multiprocess_dir(several) == tmp_path / "metrics"
