@@ -47,6 +47,7 @@ class Fill:
         self.error: ProxyError | None = None
         self.done = False
         self.headers_ready = asyncio.Event()
+        self.finished = asyncio.Event()  # set once committed to the store or discarded
         self._progress = asyncio.Event()
         self._fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._tail = b""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxy.dicomweb.media import normalize_accept
 from proxy.dicomweb.uri import Level, Resource, Transaction
@@ -25,9 +25,24 @@ class Lifetime(enum.Enum):
 
 @dataclass(frozen=True)
 class Policy:
-    key: str
+    """How one request is cached: its key (from ``parts``), lifetime and study."""
+
+    parts: tuple[str, str, str, str, str]  # upstream, partition, path, Accept, params
     lifetime: Lifetime
     study: str | None
+
+    @property
+    def key(self) -> str:
+        return "|".join(self.parts)
+
+    @property
+    def partition(self) -> str:
+        return self.parts[1]
+
+    def with_path(self, path: str) -> Policy:
+        """The same representation of another resource (read-ahead of siblings)."""
+        upstream, partition, _, accept, params = self.parts
+        return replace(self, parts=(upstream, partition, path, accept, params))
 
     @property
     def tag(self) -> str | None:
@@ -64,17 +79,9 @@ def decide(
     lifetime = lifetime_of(resource, qido_ttl)
     if lifetime is None:
         return None
-    params = sorted(_key_params(resource, query))
-    key = "|".join(
-        [
-            upstream,
-            partition,
-            path,
-            normalize_accept(accept),
-            "&".join(f"{k}={v}" for k, v in params),
-        ]
-    )
-    return Policy(key=key, lifetime=lifetime, study=resource.study)
+    params = "&".join(f"{k}={v}" for k, v in sorted(_key_params(resource, query)))
+    parts = (upstream, partition, path, normalize_accept(accept), params)
+    return Policy(parts=parts, lifetime=lifetime, study=resource.study)
 
 
 def _key_params(resource: Resource, query: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -31,6 +31,7 @@ from proxy import forward
 from proxy.cache.fill import Fill, file_chunks
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
+from proxy.cache.readahead import ReadAhead
 from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
 from proxy.dicomweb.rewrite import carries_urls
 from proxy.errors import ProxyError, UpstreamError, UpstreamInvalid, UpstreamTimeout
@@ -53,6 +54,11 @@ class Cache:
         self.results: Counter[str] = Counter()
         self._fills: dict[str, Fill] = {}
         self.locks = KeyLocks(store.directory / "locks") if settings.workers > 1 else None
+        self.readahead = (
+            ReadAhead(settings.prefetch, upstream, self.warm)
+            if settings.prefetch != "off"
+            else None
+        )
         self._counts: dict[str, asyncio.Task[int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -182,6 +188,8 @@ class Cache:
             )
         else:
             fill = self._start_fill(exchange, policy, claimed)
+        if self.readahead is not None and self.readahead.should_start(exchange, policy):
+            self._spawn(self.readahead.run(exchange, policy))
         reader = fill.reader()
         try:
             await fill.headers_ready.wait()
@@ -210,6 +218,20 @@ class Cache:
             raise
         await forward.relay(request, response, reader.chunks(), exchange.rewriter)
         return response
+
+    async def warm(self, exchange: Exchange, policy: Policy) -> None:
+        """Fill an entry with no client waiting (read-ahead); joins a fill under way."""
+        if self.store.get(policy.key) is not None:
+            return
+        claimed = await self._claim(policy.key)
+        if isinstance(claimed, Hit):
+            return
+        if isinstance(claimed, Fill):
+            await claimed.finished.wait()
+        elif free_bytes(self.store.tmp) < MIN_FREE_BYTES:
+            KeyLocks.release(claimed)
+        else:
+            await self._start_fill(exchange, policy, claimed).finished.wait()
 
     def _may_serve_stale(self, fill: Fill, stale: Hit) -> bool:
         """Upstream unreachable, timed out or 5xx: an expired entry is better than none."""
@@ -263,6 +285,7 @@ class Cache:
                 done.discard()  # a no-op once the store adopted the file
                 del self._fills[policy.key]
                 KeyLocks.release(lock)
+                done.finished.set()
 
         self._spawn(fill.run(open_response, commit))
         return fill
@@ -323,8 +346,7 @@ class Cache:
         return int(found[0]["00201208"]["Value"][0])
 
     def _state_key(self, policy: Policy) -> str:
-        partition = policy.key.split("|", 2)[1]
-        return f"state|{self.settings.upstream_url}|{partition}|{policy.study}"
+        return f"state|{self.settings.upstream_url}|{policy.partition}|{policy.study}"
 
     def _record_count(self, policy: Policy, count: int) -> None:
         """A study unchanged for --finalized-after is final (SPEC section 3)."""

@@ -1,0 +1,104 @@
+"""``--prefetch series|study``: an instance miss warms its siblings (SPEC section 1)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy.app import create_app
+from tests.dicomgen import Study, make_study
+from tests.orthanc import Orthanc
+from tests.support import make_settings
+from tests.upstreams import Relay
+
+FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+
+
+@pytest.fixture(scope="module")
+def series_study(orthanc: Orthanc) -> Study:
+    created = make_study(series_count=2, instances_per_series=5, rows=32, columns=32)
+    for _, _, data in created.instances:
+        orthanc.upload(data)
+    return created
+
+
+async def start(
+    aiohttp_server: Callable[..., Any],
+    aiohttp_client: Callable[..., Any],
+    orthanc: Orthanc,
+    tmp_path: Path,
+    prefetch: str,
+) -> tuple[Relay, TestClient[Any, Any]]:
+    relay = Relay(orthanc.url)
+    server: TestServer = await aiohttp_server(relay.app())
+    settings = make_settings(str(server.make_url("/dicom-web")), tmp_path / "d", prefetch=prefetch)
+    return relay, await aiohttp_client(create_app(settings))
+
+
+def frame(study: Study, index: int) -> str:
+    series_uid, sop_uid, _ = study.instances[index]
+    return f"/dicom-web/studies/{study.uid}/series/{series_uid}/instances/{sop_uid}/frames/1"
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(300):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("read-ahead did not finish")
+
+
+@pytest.mark.parametrize(("scope", "warmed"), [("series", range(5)), ("study", range(10))])
+async def test_a_miss_warms_the_rest_of_its_series_or_study(
+    aiohttp_server: Callable[..., Any],
+    aiohttp_client: Callable[..., Any],
+    orthanc: Orthanc,
+    series_study: Study,
+    tmp_path: Path,
+    scope: str,
+    warmed: range,
+) -> None:
+    relay, client = await start(aiohttp_server, aiohttp_client, orthanc, tmp_path, scope)
+    first = await client.get(frame(series_study, 2), headers={"Accept": FRAME_ACCEPT})
+    assert first.headers["X-Cache"] == "MISS"
+    await first.read()
+    await until(lambda: all(relay.total(frame(series_study, i)) == 1 for i in warmed))
+    cache = client.server.app[_cache_key()]
+    await until(lambda: not cache._fills)
+    for index in warmed:
+        hit = await client.get(frame(series_study, index), headers={"Accept": FRAME_ACCEPT})
+        assert hit.headers["X-Cache"] == "HIT", index
+        assert hit.headers["Content-Type"].startswith("multipart/related")
+    for index in warmed:
+        assert relay.total(frame(series_study, index)) == 1
+    if scope == "series":  # the other series was left alone
+        assert all(relay.total(frame(series_study, i)) == 0 for i in range(5, 10))
+    # Asking again does not list the series a second time.
+    listings = relay.total("/instances?")
+    await (await client.get(frame(series_study, 3), headers={"Accept": FRAME_ACCEPT})).read()
+    assert relay.total("/instances?") == listings == 1
+
+
+async def test_no_read_ahead_by_default(
+    aiohttp_server: Callable[..., Any],
+    aiohttp_client: Callable[..., Any],
+    orthanc: Orthanc,
+    series_study: Study,
+    tmp_path: Path,
+) -> None:
+    relay, client = await start(aiohttp_server, aiohttp_client, orthanc, tmp_path, "off")
+    await (await client.get(frame(series_study, 0), headers={"Accept": FRAME_ACCEPT})).read()
+    await asyncio.sleep(0.2)
+    assert relay.total("/frames/") == 1
+    assert relay.total("/instances?") == 0
+
+
+def _cache_key() -> Any:
+    from proxy.cache.routes import CACHE
+
+    return CACHE
