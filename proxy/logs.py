@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from proxy import exchange as exchanges
 from proxy import metrics
@@ -103,6 +104,20 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         _TIMING.reset(token)
         seconds = time.perf_counter() - started
         _account(request, access_record(request, response, status, seconds, timing), seconds)
+
+
+class FileResponse(web.FileResponse):
+    """The file response to use behind :func:`access_middleware`.
+
+    The middleware finishes every response itself (so bytes and duration cover the
+    whole exchange); aiohttp then calls ``prepare`` again.  That second call is a no-op
+    for a StreamResponse, but aiohttp's FileResponse would open and send the file again.
+    """
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
 
 
 async def _finish(request: web.Request, response: web.StreamResponse) -> None:

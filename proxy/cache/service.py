@@ -24,10 +24,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
-from proxy import forward
+from proxy import forward, logs
 from proxy.cache.fill import Fill, file_chunks
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
@@ -128,7 +127,7 @@ class Cache:
         if _not_modified(request, meta.etag):
             return web.Response(status=304, headers=_validators(response))
         if not response[forward.REWRITE] and not response.compression:
-            return CachedFile(hit.path, headers=response.headers)
+            return logs.FileResponse(hit.path, headers=response.headers)
         await response.prepare(request)
         if request.method == "HEAD":
             await response.write_eof()
@@ -383,17 +382,6 @@ class Cache:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-class CachedFile(web.FileResponse):
-    """A stored body sent with ``sendfile``.  ``prepare`` is idempotent, as it is for a
-    StreamResponse: the access log finishes responses itself, then aiohttp prepares
-    again, which would otherwise send the file twice."""
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self.prepared:
-            return None
-        return await super().prepare(request)
 
 
 def _storable(fill: Fill) -> bool:
