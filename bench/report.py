@@ -93,7 +93,7 @@ def wan_table(wan: dict[str, Any]) -> list[str]:
         f"| direct over the WAN | {wan['direct']:.2f} s | 1.00× |",
         f"| proxy, cold | {wan['cold']:.2f} s | {_ratio(wan['direct'], wan['cold'])} |",
         f"| proxy, warm | {wan['warm']:.2f} s | {_ratio(wan['direct'], wan['warm'])} |",
-        f"| slice by slice, direct | {slices} | 1.00× |",
+        f"| slice by slice, direct | {slices} | {'n/a' if slices == 'n/a' else '1.00×'} |",
         f"| slice by slice, proxy `--prefetch series`, cold | {prefetch} | {speedup} |",
     ]
 

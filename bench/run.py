@@ -87,13 +87,15 @@ def _run_hits(plan: Plan, targets: dict[str, str], loads: list[hits.Workload], l
     }
 
 
-def section_hits(
-    plan: Plan, orthanc: Orthanc, study: data.StudySet, tmp: Path, log: Log
-) -> dict[str, Any]:
+def section_hits(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -> dict[str, Any]:
     loads = hits.workloads(study)
     sizes = {load.name: body_size(orthanc.url + load.paths[0], load.accept) for load in loads}
     proxy = Proxy(orthanc.dicomweb)
-    nginx = start_nginx(orthanc.port)
+    try:
+        nginx = start_nginx(orthanc.port)
+    except BaseException:
+        proxy.stop()
+        raise
     try:
         for load in loads:
             hits.warm(proxy.url, load, "X-Cache")
@@ -107,7 +109,7 @@ def section_hits(
     return {
         "sizes": sizes,
         "results": results,
-        "workers2": section_workers(plan, orthanc, loads, tmp, log),
+        "workers2": section_workers(plan, orthanc, loads, log),
     }
 
 
@@ -120,7 +122,7 @@ def _worker_count(proxy: Proxy) -> int:
 
 
 def section_workers(
-    plan: Plan, orthanc: Orthanc, loads: list[hits.Workload], tmp: Path, log: Log
+    plan: Plan, orthanc: Orthanc, loads: list[hits.Workload], log: Log
 ) -> dict[str, Any] | None:
     """2 workers vs 2 nginx workers, when this build's ``--workers`` forks."""
     proxy = Proxy(orthanc.dicomweb, "--workers", "2")
@@ -161,13 +163,16 @@ def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
 # -- section 3 --------------------------------------------------------------------------
 
 
-def section_burst(
-    plan: Plan, orthanc: Orthanc, study: data.StudySet, tmp: Path, log: Log
-) -> dict[str, Any]:
+def section_burst(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -> dict[str, Any]:
     """``burst_clients`` simultaneous misses for one instance, a new instance per round."""
     relay = servers.counter(orthanc.url)
     proxy = Proxy(relay.url + "/dicom-web")
-    nginx = start_nginx(relay.port)
+    try:
+        nginx = start_nginx(relay.port)
+    except BaseException:
+        proxy.stop()
+        relay.stop()
+        raise
     targets = {"proxy": proxy.url, "nginx": nginx.url, "orthanc": relay.url}
     found: dict[str, dict[str, list[float]]] = {
         name: {"upstream": [], "p50": [], "p99": []} for name in targets
@@ -360,11 +365,11 @@ def run(plan: Plan, log: Log = print) -> dict[str, Any]:
                 columns=plan.wan_rows,
             )
             log("1. cache hits: proxy vs nginx proxy_cache vs Orthanc direct")
-            results["hits"] = section_hits(plan, orthanc, study, tmp, log)
+            results["hits"] = section_hits(plan, orthanc, study, log)
             log("2. pass-through: proxy --no-cache vs Orthanc direct")
             results["pass"] = section_pass(plan, orthanc, study, log)
             log(f"3. {plan.burst_clients} concurrent misses for one instance")
-            results["burst"] = section_burst(plan, orthanc, study, tmp, log)
+            results["burst"] = section_burst(plan, orthanc, study, log)
             log("4. emulated WAN (50 ms RTT, 100 Mbit/s) between client/proxy and Orthanc")
             results["wan"] = section_wan(plan, orthanc, wan_study, log)
             results["wan"]["instances"] = plan.wan_instances
