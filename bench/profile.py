@@ -1,7 +1,8 @@
 """Where the proxy's cache-hit path spends its time, under wrk load (py-spy).
 
-``python -m bench.profile [--seconds 20] [--workload 512k|64k|8m|metadata]``: starts
-Orthanc with the hit study and one proxy, warms it, runs wrk against it and samples
+``python -m bench.profile [--seconds 20] [--workload 512k|64k|8m|metadata] [--no-cache]``:
+starts Orthanc with the hit study and one proxy, warms it (or runs it with
+``--no-cache`` to profile pass-through), runs wrk against it and samples
 the proxy with ``py-spy record`` meanwhile.  Writes ``bench/results/profile-*.txt``
 (collapsed stacks, also loadable in speedscope) and prints the top frames by self
 time and by inclusive time, as a percentage of samples.
@@ -63,25 +64,26 @@ def table(title: str, counts: Counter[str], total: int, top: int) -> list[str]:
     return lines
 
 
-def profile(workload: str, seconds: int, out: Path) -> str:
+def profile(workload: str, seconds: int, out: Path, *, passthrough: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as scratch:
         orthanc = Orthanc(Path(scratch) / "orthanc").start()
         try:
             study = data.hit_study(orthanc.upload)
             load = hits.workloads(study)[WORKLOADS[workload]]
-            proxy = Proxy(orthanc.dicomweb)
+            proxy = Proxy(orthanc.dicomweb, *(["--no-cache"] if passthrough else []))
             try:
-                hits.warm(proxy.url, load, "X-Cache")
-                return _sample(proxy, load, seconds, out)
+                if not passthrough:
+                    hits.warm(proxy.url, load, "X-Cache")
+                return _sample(proxy, load, seconds, out, "pass-through" if passthrough else "hits")
             finally:
                 proxy.stop()
         finally:
             orthanc.stop()
 
 
-def _sample(proxy: Proxy, load: hits.Workload, seconds: int, out: Path) -> str:
+def _sample(proxy: Proxy, load: hits.Workload, seconds: int, out: Path, mode: str) -> str:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    raw = out / f"profile-{load.name.split()[0]}.txt"
+    raw = out / f"profile-{mode}-{load.name.split()[0]}.txt"
     command = [spy, "record", "--pid", str(proxy.pid), "--duration", str(seconds)]
     command += ["--rate", "200", "--format", "raw", "--output", str(raw), "--nonblocking"]
     sampler = subprocess.Popen(
@@ -93,7 +95,7 @@ def _sample(proxy: Proxy, load: hits.Workload, seconds: int, out: Path) -> str:
     sampler.wait(60)
     own, inclusive, total = aggregate(raw.read_text())
     header = (
-        f"## Profile: cache hits, {load.name}, 16 connections, {seconds} s of py-spy samples\n\n"
+        f"## Profile: {mode}, {load.name}, 16 connections, {seconds} s of py-spy samples\n\n"
         f"wrk meanwhile: {result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, "
         f"p99 {result.p99_ms:.2f} ms (sampling slows the proxy a little). {total} samples; "
         f"idle samples (the event loop waiting in epoll) count as self time of `select`.\n"
@@ -107,11 +109,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="512k")
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--no-cache", action="store_true", help="profile pass-through instead")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    text = profile(args.workload, args.seconds, args.out)
-    (args.out / f"profile-{args.workload}.md").write_text(text)
+    text = profile(args.workload, args.seconds, args.out, passthrough=args.no_cache)
+    suffix = "-no-cache" if args.no_cache else ""
+    (args.out / f"profile-{args.workload}{suffix}.md").write_text(text)
     print(text)
 
 
