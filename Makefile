@@ -5,12 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
-# Debian packages the tests, the demo and the benchmark use (npm fetches the OHIF
-# viewer's prebuilt package; chromium runs the viewer tests headless).
-# npm counts as present when the command exists (a NodeSource nodejs ships its own).
+# Debian packages the tests and the demo use (npm fetches the OHIF viewer's prebuilt
+# package; chromium runs the viewer tests headless).  npm counts as present when the
+# command exists (a NodeSource nodejs ships its own).
 OS_PACKAGES := orthanc orthanc-dicomweb python3-venv chromium
+# Only `make bench` needs these: the nginx proxy_cache baseline and the load generator.
+BENCH_PACKAGES := nginx wrk
+BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: test lint demo os-packages venv clean
+.PHONY: test lint demo os-packages bench-packages bench venv clean
 
 venv: $(STAMP)
 
@@ -28,6 +31,17 @@ os-packages:
 		echo "installing Debian packages:$$missing"; \
 		$(APT) update && $(APT) install -y --no-install-recommends $$missing; \
 	fi
+
+bench-packages:
+	@$(MAKE) --no-print-directory os-packages OS_PACKAGES="$(OS_PACKAGES) $(BENCH_PACKAGES)"
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+# The side-by-side benchmark of SPEC section 8 (about 7 minutes; BENCH_ARGS=--quick: 1).
+bench: bench-packages $(BENCH_STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxy tests bench demo

@@ -26,7 +26,9 @@ CHUNK = 1024 * 1024
 
 
 def start(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 async def wait_port(port: int) -> None:
@@ -114,7 +116,8 @@ async def run_case(name: str, origin: str, extra: list[str], gib: float) -> dict
             proxy.wait(30)
 
 
-async def main(gib: float) -> None:
+async def measure(gib: float) -> list[dict[str, object]]:
+    """The three cases against one synthetic origin, in order."""
     port = free_port()
     origin = start(["bench.origin", str(port)])
     try:
@@ -125,11 +128,15 @@ async def main(gib: float) -> None:
             ("retrieve, --no-cache", ["--no-cache"]),
             ("stow pass-through", ["--no-cache"]),
         ]
-        for name, extra in cases:
-            print(await run_case(name, upstream, extra, gib), flush=True)
+        return [await run_case(name, upstream, extra, gib) for name, extra in cases]
     finally:
         origin.terminate()
         origin.wait(30)
+
+
+async def main(gib: float) -> None:
+    for result in await measure(gib):
+        print(result, flush=True)
 
 
 if __name__ == "__main__":

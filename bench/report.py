@@ -1,0 +1,235 @@
+"""Render a run's results: a Markdown report with ratios and SPEC section 8 verdicts,
+and a PNG chart of cache-hit throughput."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+NOTE = (
+    "Medians of alternating rounds (A B C, A B C, ...) on a shared 2-core machine where "
+    "other test suites may be running: expect noise of ±10-20 %. wrk (1 thread) is the "
+    "load generator in its own process; every server runs 1 worker unless marked x2."
+)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if b else "n/a"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "NOT met")
+
+
+def hits_table(hits: dict[str, Any]) -> list[str]:
+    lines = [
+        "| workload | body | proxy req/s | nginx req/s | Orthanc req/s | proxy/nginx "
+        "| proxy/direct | p50 ms proxy / nginx / Orthanc | p99 ms proxy / nginx / Orthanc |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, by_target in hits["results"].items():
+        p, n, o = by_target["proxy"], by_target["nginx"], by_target["orthanc"]
+        lines.append(
+            f"| {name} | {hits['sizes'][name] / 1024:.0f} KiB | {p.rps:.0f} | {n.rps:.0f} "
+            f"| {o.rps:.0f} | {_ratio(p.rps, n.rps)} | {_ratio(p.rps, o.rps)} "
+            f"| {p.p50_ms:.2f} / {n.p50_ms:.2f} / {o.p50_ms:.2f} "
+            f"| {p.p99_ms:.2f} / {n.p99_ms:.2f} / {o.p99_ms:.2f} |"
+        )
+    return lines
+
+
+def workers_table(workers: dict[str, Any] | None) -> list[str]:
+    if workers is None:
+        return ["2 workers vs 2 nginx workers: n/a (`--workers` does not fork in this build)."]
+    lines = [
+        "| workload (2 workers each) | proxy x2 req/s | nginx x2 req/s | proxy/nginx |",
+        "|---|---|---|---|",
+    ]
+    for name, by_target in workers.items():
+        p, n = by_target["proxy x2"], by_target["nginx x2"]
+        lines.append(f"| {name} | {p.rps:.0f} | {n.rps:.0f} | {_ratio(p.rps, n.rps)} |")
+    return lines
+
+
+def pass_table(passing: dict[str, Any]) -> list[str]:
+    lines = [
+        "| pass-through | proxy --no-cache | Orthanc direct | ratio | p50 ms proxy / direct "
+        "| p99 ms proxy / direct |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, by_target in passing.items():
+        p, o = by_target["proxy --no-cache"], by_target["orthanc"]
+        lines.append(
+            f"| {name} | {p.rps:.0f} req/s | {o.rps:.0f} req/s | {_ratio(p.rps, o.rps)} "
+            f"| {p.p50_ms:.2f} / {o.p50_ms:.2f} | {p.p99_ms:.2f} / {o.p99_ms:.2f} |"
+        )
+    return lines
+
+
+def burst_table(burst: dict[str, Any]) -> list[str]:
+    lines = [
+        "| target | clients | requests reaching Orthanc (max over rounds) | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in burst.items():
+        lines.append(
+            f"| {name} | {row['clients']} | {row['upstream']} | {row['p50_ms']:.0f} "
+            f"| {row['p99_ms']:.0f} |"
+        )
+    return lines
+
+
+def wan_table(wan: dict[str, Any]) -> list[str]:
+    size = f"{wan['instances']} instances of {wan['rows']}×{wan['rows']}×16-bit"
+    prefetch = "n/a" if wan["prefetch"] is None else f"{wan['prefetch']:.2f} s"
+    slices = "n/a" if wan["direct_slices"] is None else f"{wan['direct_slices']:.2f} s"
+    speedup = "n/a" if wan["prefetch"] is None else _ratio(wan["direct_slices"], wan["prefetch"])
+    return [
+        f"Study: {size}; metadata first, then instances 6 at a time (a viewer).",
+        "",
+        "| load | time | speed-up vs direct |",
+        "|---|---|---|",
+        f"| direct over the WAN | {wan['direct']:.2f} s | 1.00× |",
+        f"| proxy, cold | {wan['cold']:.2f} s | {_ratio(wan['direct'], wan['cold'])} |",
+        f"| proxy, warm | {wan['warm']:.2f} s | {_ratio(wan['direct'], wan['warm'])} |",
+        f"| slice by slice, direct | {slices} | {'n/a' if slices == 'n/a' else '1.00×'} |",
+        f"| slice by slice, proxy `--prefetch series`, cold | {prefetch} | {speedup} |",
+    ]
+
+
+def rss_table(rss: list[dict[str, Any]]) -> list[str]:
+    lines = ["| case | GiB | MiB/s | peak RSS MiB |", "|---|---|---|---|"]
+    for row in rss:
+        lines.append(f"| {row['case']} | {row['GiB']} | {row['MiB/s']} | {row['peak RSS MiB']} |")
+    return lines
+
+
+def stow_table(stow: dict[str, Any]) -> list[str]:
+    mode = (
+        "batched by the proxy"
+        if stow["batching"]
+        else "plain pass-through (this build does not split POST /studies into batches)"
+    )
+    secs, rates, done = stow["seconds"], stow["mib_s"], stow["complete"]
+    return [
+        f"{stow['bytes'] / 1024**2:.0f} MiB, {stow['instances']} instances; "
+        f"through the proxy: {mode}.",
+        "",
+        "| STOW | seconds | MiB/s | every instance stored |",
+        "|---|---|---|---|",
+        f"| proxy | {secs['proxy']:.2f} | {rates['proxy']:.0f} | {done['proxy']} |",
+        f"| one direct POST | {secs['orthanc']:.2f} | {rates['orthanc']:.0f} | {done['orthanc']} |",
+    ]
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for each SPEC section 8 line."""
+    hit = results["hits"]["results"]["512 KiB instances"]
+    p, n, o = hit["proxy"].rps, hit["nginx"].rps, hit["orthanc"].rps
+    passing = results["pass"]
+    through = passing["512 KiB instances"]
+    latency = passing["study metadata, 1 connection"]
+    added = latency["proxy --no-cache"].p50_ms - latency["orthanc"].p50_ms
+    peak = max(row["peak RSS MiB"] for row in results["rss"])
+    wan, stow = results["wan"], results["stow"]
+    warm = wan["direct"] / wan["warm"]
+    prefetch = None if wan["prefetch"] is None else wan["direct_slices"] / wan["prefetch"]
+    stow_ratio = stow["mib_s"]["proxy"] / stow["mib_s"]["orthanc"]
+    tp, to = through["proxy --no-cache"].rps, through["orthanc"].rps
+    return [
+        ("hit 512 KiB ≥ 0.8 × nginx", f"{p / n:.2f}×", _verdict(p / n >= 0.8)),
+        ("hit 512 KiB ≥ 1.0 × nginx (stretch)", f"{p / n:.2f}×", _verdict(p / n >= 1.0)),
+        ("hit 512 KiB ≥ 2 × Orthanc direct", f"{p / o:.2f}×", _verdict(p / o >= 2)),
+        ("pass-through ≥ 0.9 × direct", f"{tp / to:.2f}×", _verdict(tp / to >= 0.9)),
+        ("added p50, study metadata ≤ 2 ms", f"{added:+.2f} ms", _verdict(added <= 2)),
+        ("RSS < 200 MiB, 2 GiB retrieve + STOW", f"{peak:.0f} MiB", _verdict(peak < 200)),
+        ("WAN warm load ≥ 10 × direct", f"{warm:.1f}×", _verdict(warm >= 10)),
+        (
+            "WAN cold slice-by-slice, --prefetch series ≥ 2 × direct",
+            "n/a" if prefetch is None else f"{prefetch:.1f}×",
+            _verdict(None if prefetch is None else prefetch >= 2),
+        ),
+        (
+            "STOW split into batches, all stored, ≥ 0.9 × direct",
+            f"{stow_ratio:.2f}×{'' if stow['batching'] else ' (not batched)'}",
+            _verdict(
+                stow["batching"] and all(stow["complete"].values()) and stow_ratio >= 0.9
+                if stow["batching"]
+                else None
+            ),
+        ),
+    ]
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    plan = results["plan"]
+    lines = [
+        "# Benchmark: dicomweb-proxy vs nginx proxy_cache vs Orthanc direct",
+        "",
+        f"`{command}` — {results['started']}, {results['minutes']} min, "
+        f"{platform.machine()} {platform.system()}, Python {platform.python_version()}; "
+        f"{plan['rounds']} rounds × {plan['seconds']:.0f} s per target, "
+        f"{plan['connections']} connections{' (QUICK: smoke only)' if plan['quick'] else ''}.",
+        "",
+        NOTE,
+        "",
+        "## SPEC section 8 targets",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+        *(f"| {a} | {b} | {c} |" for a, b, c in targets(results)),
+        "",
+        "## 1. Cache hits",
+        "",
+        *hits_table(results["hits"]),
+        "",
+        *workers_table(results["hits"]["workers2"]),
+        "",
+        "![cache-hit throughput](throughput.png)",
+        "",
+        "## 2. Miss / pass-through",
+        "",
+        *pass_table(results["pass"]),
+        "",
+        "## 3. Concurrent misses for one instance (single flight)",
+        "",
+        *burst_table(results["burst"]),
+        "",
+        "## 4. Emulated WAN (50 ms RTT, 100 Mbit/s, user-space relay `bench/wan.py`)",
+        "",
+        *wan_table(results["wan"]),
+        "",
+        "## 5. Peak RSS while bodies stream through (synthetic origin)",
+        "",
+        *rss_table(results["rss"]),
+        "",
+        "## 6. Large STOW",
+        "",
+        *stow_table(results["stow"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars: hit req/s per workload for proxy, nginx and Orthanc."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hits = results["hits"]["results"]
+    figure, axes = plt.subplots(1, len(hits), figsize=(4 * len(hits), 4))
+    colours = {"proxy": "#2b6cb0", "nginx": "#38a169", "orthanc": "#a0aec0"}
+    for axis, (name, by_target) in zip(axes, hits.items(), strict=True):
+        names = list(by_target)
+        values = [by_target[target].rps for target in names]
+        bars = axis.bar(names, values, color=[colours[target] for target in names])
+        axis.bar_label(bars, fmt="%.0f", fontsize=8)
+        axis.set_title(f"{name}\n({results['hits']['sizes'][name] / 1024:.0f} KiB)", fontsize=10)
+        axis.set_ylabel("requests/s (cache hits)")
+    figure.suptitle("Cache-hit throughput, 1 worker each, median of rounds")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

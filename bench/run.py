@@ -1,0 +1,384 @@
+"""The benchmark run: set everything up on this machine, measure sections 1-6, tear down.
+
+Each ``section_*`` starts the processes it compares, measures them in alternating
+rounds and stops them; results are plain dicts that :mod:`bench.report` renders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import data, hits, rss, servers, stow, viewer
+from bench.burst import burst, percentile
+from bench.nginx import Nginx
+from bench.servers import Proxy
+from tests.orthanc import Orthanc, free_port
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool = False
+    rounds: int = 3
+    seconds: float = 5.0
+    connections: int = 16
+    large: int = 24
+    small: int = 16
+    burst_clients: int = 50
+    wan_instances: int = 200
+    wan_rows: int = 512
+    wan_rounds: int = 2
+    rss_gib: float = 2.0
+    stow_bytes: int = 1024**3
+    stow_rounds: int = 2
+
+
+QUICK = Plan(
+    quick=True,
+    rounds=1,
+    seconds=1.0,
+    large=4,
+    small=4,
+    wan_instances=12,
+    wan_rows=128,
+    wan_rounds=1,
+    rss_gib=0.05,
+    stow_bytes=8 * 1024**2,
+    stow_rounds=1,
+)
+
+
+def start_nginx(origin_port: int, workers: int = 1) -> Nginx:
+    nginx = Nginx(port=free_port(), origin_port=origin_port, workers=workers).start()
+    servers.wait_port(nginx.port, process=nginx.process)
+    return nginx
+
+
+def body_size(url: str, accept: str) -> int:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return len(response.read())
+
+
+# -- sections 1 and 2 -------------------------------------------------------------------
+
+
+def _run_hits(plan: Plan, targets: dict[str, str], loads: list[hits.Workload], log: Log):  # type: ignore[no-untyped-def]
+    return {
+        load.name: hits.alternate(
+            targets,
+            load,
+            rounds=plan.rounds,
+            seconds=plan.seconds,
+            connections=plan.connections,
+            progress=log,
+        )
+        for load in loads
+    }
+
+
+def section_hits(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -> dict[str, Any]:
+    loads = hits.workloads(study)
+    sizes = {load.name: body_size(orthanc.url + load.paths[0], load.accept) for load in loads}
+    proxy = Proxy(orthanc.dicomweb)
+    try:
+        nginx = start_nginx(orthanc.port)
+    except BaseException:
+        proxy.stop()
+        raise
+    try:
+        for load in loads:
+            hits.warm(proxy.url, load, "X-Cache")
+            hits.warm(nginx.url, load, "X-Cache-Status")
+        log("warm: every path answers X-Cache: HIT (proxy) and X-Cache-Status: HIT (nginx)")
+        targets = {"proxy": proxy.url, "nginx": nginx.url, "orthanc": orthanc.url}
+        results = _run_hits(plan, targets, loads, log)
+    finally:
+        proxy.stop()
+        nginx.stop()
+    return {
+        "sizes": sizes,
+        "results": results,
+        "workers2": section_workers(plan, orthanc, loads, log),
+    }
+
+
+def _worker_count(proxy: Proxy) -> int:
+    for _ in range(40):
+        if (count := proxy.processes()) > 1:
+            return count
+        time.sleep(0.1)
+    return 1
+
+
+def section_workers(
+    plan: Plan, orthanc: Orthanc, loads: list[hits.Workload], log: Log
+) -> dict[str, Any] | None:
+    """2 workers vs 2 nginx workers, when this build's ``--workers`` forks."""
+    proxy = Proxy(orthanc.dicomweb, "--workers", "2")
+    try:
+        if _worker_count(proxy) < 2:
+            log("--workers 2 starts one process in this build: 2 vs 2 is n/a")
+            return None
+        nginx = start_nginx(orthanc.port, workers=2)
+        try:
+            chosen = [load for load in loads if load.name.startswith(("512", "study"))]
+            for load in chosen:
+                hits.warm(proxy.url, load, "X-Cache")
+                hits.warm(nginx.url, load, "X-Cache-Status")
+            targets = {"proxy x2": proxy.url, "nginx x2": nginx.url}
+            return dict(_run_hits(plan, targets, chosen, log))
+        finally:
+            nginx.stop()
+    finally:
+        proxy.stop()
+
+
+def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -> dict[str, Any]:
+    """Pass-through: ``--no-cache`` against Orthanc direct."""
+    loads = hits.workloads(study)
+    instances = next(load for load in loads if load.name.startswith("512"))
+    metadata = next(load for load in loads if load.name.startswith("study"))
+    proxy = Proxy(orthanc.dicomweb, "--no-cache")
+    try:
+        targets = {"proxy --no-cache": proxy.url, "orthanc": orthanc.url}
+        common = {"rounds": plan.rounds, "seconds": plan.seconds, "progress": log}
+        throughput = hits.alternate(targets, instances, connections=plan.connections, **common)  # type: ignore[arg-type]
+        latency = hits.alternate(targets, metadata, connections=1, **common)  # type: ignore[arg-type]
+    finally:
+        proxy.stop()
+    return {"512 KiB instances": throughput, "study metadata, 1 connection": latency}
+
+
+# -- section 3 --------------------------------------------------------------------------
+
+
+def section_burst(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -> dict[str, Any]:
+    """``burst_clients`` simultaneous misses for one instance, a new instance per round."""
+    relay = servers.counter(orthanc.url)
+    proxy = Proxy(relay.url + "/dicom-web")
+    try:
+        nginx = start_nginx(relay.port)
+    except BaseException:
+        proxy.stop()
+        relay.stop()
+        raise
+    targets = {"proxy": proxy.url, "nginx": nginx.url, "orthanc": relay.url}
+    found: dict[str, dict[str, list[float]]] = {
+        name: {"upstream": [], "p50": [], "p99": []} for name in targets
+    }
+    paths = study.instance_paths("512k")
+    try:
+        for number in range(plan.rounds):
+            for name, base in targets.items():
+                path = paths[(number * len(targets) + list(targets).index(name)) % len(paths)]
+                servers.counts(relay, reset=True)
+                latencies = asyncio.run(burst(base + path, plan.burst_clients))
+                upstream = servers.counts(relay).get(f"GET {path}", 0)
+                found[name]["upstream"].append(upstream)
+                found[name]["p50"].append(percentile(latencies, 0.5))
+                found[name]["p99"].append(percentile(latencies, 0.99))
+                log(
+                    f"  round {number + 1}/{plan.rounds} burst {name:10} upstream {upstream:3}"
+                    f"  p99 {percentile(latencies, 0.99):8.1f} ms"
+                )
+    finally:
+        proxy.stop()
+        nginx.stop()
+        relay.stop()
+    return {
+        name: {
+            "clients": plan.burst_clients,
+            "upstream": max(values["upstream"]),
+            "p50_ms": statistics.median(values["p50"]),
+            "p99_ms": statistics.median(values["p99"]),
+        }
+        for name, values in found.items()
+    }
+
+
+# -- section 4 --------------------------------------------------------------------------
+
+
+def _load(base: str, study: str, concurrency: int = 6) -> float:
+    seconds, _ = asyncio.run(viewer.load_study(base, study, concurrency=concurrency))
+    return seconds
+
+
+def _prefetch_works(upstream: str, study: data.StudySet) -> bool:
+    """Does ``--prefetch series`` fetch more than was asked for, in this build?"""
+    proxy = Proxy(upstream, "--prefetch", "series")
+    try:
+        body_size(proxy.url + study.instance_paths("ct")[0], data.INSTANCE_ACCEPT)
+        for _ in range(50):
+            if int(str(proxy.admin()["entries"])) > 3:
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        proxy.stop()
+
+
+def section_wan(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -> dict[str, Any]:
+    link = servers.wan(orthanc.port)
+    upstream = link.url + "/dicom-web"
+    proxy = Proxy(upstream)
+    times: dict[str, list[float]] = {"direct": [], "cold": [], "warm": []}
+    try:
+        for number in range(plan.wan_rounds):
+            times["direct"].append(_load(upstream, study.uid))
+            proxy.admin("DELETE")
+            times["cold"].append(_load(proxy.url + "/dicom-web", study.uid))
+            times["warm"].append(_load(proxy.url + "/dicom-web", study.uid))
+            log(
+                f"  round {number + 1}/{plan.wan_rounds} WAN load: direct {times['direct'][-1]:.2f}"
+                f" s, cold {times['cold'][-1]:.2f} s, warm {times['warm'][-1]:.2f} s"
+            )
+        prefetch = _section_prefetch(plan, upstream, study, log)
+    finally:
+        proxy.stop()
+        link.stop()
+    result: dict[str, Any] = {name: statistics.median(found) for name, found in times.items()}
+    return {**result, **prefetch}
+
+
+def _section_prefetch(plan: Plan, upstream: str, study: data.StudySet, log: Log) -> dict[str, Any]:
+    """Slice by slice (one request at a time), cold, direct vs ``--prefetch series``."""
+    if not _prefetch_works(upstream, study):
+        log("--prefetch series fetches nothing extra in this build: n/a")
+        return {"prefetch": None, "direct_slices": None}
+    direct, prefetched = [], []
+    for number in range(plan.wan_rounds):
+        direct.append(_load(upstream, study.uid, concurrency=1))
+        proxy = Proxy(upstream, "--prefetch", "series")
+        try:
+            prefetched.append(_load(proxy.url + "/dicom-web", study.uid, concurrency=1))
+        finally:
+            proxy.stop()
+        log(
+            f"  round {number + 1}/{plan.wan_rounds} slice by slice: direct {direct[-1]:.2f} s,"
+            f" --prefetch series cold {prefetched[-1]:.2f} s"
+        )
+    return {"prefetch": statistics.median(prefetched), "direct_slices": statistics.median(direct)}
+
+
+# -- section 6 --------------------------------------------------------------------------
+
+
+def _orthanc_call(orthanc: Orthanc, method: str, path: str, body: bytes | None = None) -> Any:
+    request = urllib.request.Request(orthanc.url + path, data=body, method=method)
+    with urllib.request.urlopen(request, timeout=300) as response:
+        raw = response.read()
+    return json.loads(raw) if raw else None
+
+
+def stored_instances(orthanc: Orthanc, study_uid: str) -> int:
+    found = _orthanc_call(orthanc, "POST", "/tools/lookup", study_uid.encode())
+    ids = [item["ID"] for item in found if item["Type"] == "Study"]
+    if not ids:
+        return 0
+    return len(_orthanc_call(orthanc, "GET", f"/studies/{ids[0]}/instances"))
+
+
+def drop_study(orthanc: Orthanc, study_uid: str) -> None:
+    found = _orthanc_call(orthanc, "POST", "/tools/lookup", study_uid.encode())
+    for item in found:
+        if item["Type"] == "Study":
+            _orthanc_call(orthanc, "DELETE", f"/studies/{item['ID']}")
+
+
+def _batching_works(orthanc: Orthanc, tmp: Path) -> bool:
+    """Does a POST /studies through the proxy leave as several upstream requests?"""
+    relay = servers.counter(orthanc.url)
+    proxy = Proxy(relay.url + "/dicom-web", "--stow-max-instances", "1")
+    try:
+        study_uid, _ = data.write_stow_body(tmp / "probe.bin", 3 * 512 * 1024)
+        asyncio.run(stow.post(proxy.url + "/dicom-web", tmp / "probe.bin"))
+        drop_study(orthanc, study_uid)
+        return servers.counts(relay).get("POST /dicom-web/studies", 0) > 1
+    finally:
+        proxy.stop()
+        relay.stop()
+
+
+def section_stow(plan: Plan, orthanc: Orthanc, tmp: Path, log: Log) -> dict[str, Any]:
+    batching = _batching_works(orthanc, tmp)
+    log(f"STOW batching through the proxy: {'yes' if batching else 'no (plain pass-through)'}")
+    body = tmp / "stow.bin"
+    study_uid, count = data.write_stow_body(body, plan.stow_bytes)
+    proxy = Proxy(orthanc.dicomweb)
+    targets = {"proxy": proxy.url + "/dicom-web", "orthanc": orthanc.dicomweb}
+    found: dict[str, list[float]] = {name: [] for name in targets}
+    complete = dict.fromkeys(targets, True)
+    try:
+        for number in range(plan.stow_rounds):
+            for name, url in targets.items():
+                drop_study(orthanc, study_uid)
+                seconds, status = asyncio.run(stow.post(url, body))
+                stored = stored_instances(orthanc, study_uid)
+                complete[name] &= stored == count
+                found[name].append(seconds)
+                log(
+                    f"  round {number + 1}/{plan.stow_rounds} STOW {name:8} {seconds:6.2f} s"
+                    f"  status {status}  stored {stored}/{count}"
+                )
+        drop_study(orthanc, study_uid)
+    finally:
+        proxy.stop()
+    size = body.stat().st_size
+    return {
+        "bytes": size,
+        "instances": count,
+        "batching": batching,
+        "seconds": {name: statistics.median(values) for name, values in found.items()},
+        "mib_s": {name: size / 1024**2 / statistics.median(v) for name, v in found.items()},
+        "complete": complete,
+    }
+
+
+# -- the whole run ------------------------------------------------------------------------
+
+
+def run(plan: Plan, log: Log = print) -> dict[str, Any]:
+    results: dict[str, Any] = {"plan": asdict(plan), "started": time.strftime("%Y-%m-%d %H:%M")}
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        tmp = Path(scratch)
+        orthanc = Orthanc(tmp / "orthanc").start()
+        try:
+            log("loading synthetic CT studies into Orthanc")
+            study = data.hit_study(orthanc.upload, large=plan.large, small=plan.small)
+            wan_study = data.wan_study(
+                orthanc.upload,
+                count=plan.wan_instances,
+                rows=plan.wan_rows,
+                columns=plan.wan_rows,
+            )
+            log("1. cache hits: proxy vs nginx proxy_cache vs Orthanc direct")
+            results["hits"] = section_hits(plan, orthanc, study, log)
+            log("2. pass-through: proxy --no-cache vs Orthanc direct")
+            results["pass"] = section_pass(plan, orthanc, study, log)
+            log(f"3. {plan.burst_clients} concurrent misses for one instance")
+            results["burst"] = section_burst(plan, orthanc, study, log)
+            log("4. emulated WAN (50 ms RTT, 100 Mbit/s) between client/proxy and Orthanc")
+            results["wan"] = section_wan(plan, orthanc, wan_study, log)
+            results["wan"]["instances"] = plan.wan_instances
+            results["wan"]["rows"] = plan.wan_rows
+            log("6. one large STOW through the proxy vs straight to Orthanc")
+            results["stow"] = section_stow(plan, orthanc, tmp, log)
+        finally:
+            orthanc.stop()
+    log(f"5. peak RSS while {plan.rss_gib} GiB streams through")
+    results["rss"] = asyncio.run(rss.measure(plan.rss_gib))
+    results["minutes"] = round((time.monotonic() - began) / 60, 1)
+    return results

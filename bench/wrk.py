@@ -1,0 +1,101 @@
+"""Drive ``wrk`` (a separate process) over a rotating list of URLs; read its result as JSON.
+
+The Lua script cycles through the paths with the given ``Accept`` header and, when
+done, prints one JSON line: requests, bytes, duration, latency percentiles and errors.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+BINARY = shutil.which("wrk") or "/usr/bin/wrk"
+
+SCRIPT = """\
+local paths = {%(paths)s}
+local accept = %(accept)s
+local i = 0
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i], {["Accept"] = accept})
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %%d, "bytes": %%d, "duration_us": %%d, "p50_us": %%d, ' ..
+    '"p99_us": %%d, "non2xx": %%d, "socket_errors": %%d}\\n',
+    summary.requests, summary.bytes, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    requests: int
+    bytes: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def mib_s(self) -> float:
+        return self.bytes / self.seconds / 1024**2
+
+
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def script(paths: list[str], accept: str) -> str:
+    return SCRIPT % {
+        "paths": ", ".join(_lua_string(p) for p in paths),
+        "accept": _lua_string(accept),
+    }
+
+
+def run(
+    base_url: str,
+    paths: list[str],
+    accept: str,
+    *,
+    seconds: float,
+    connections: int,
+    threads: int = 1,
+) -> Result:
+    """One wrk run against ``base_url`` (scheme://host:port) requesting ``paths``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script(paths, accept))
+    try:
+        command = [BINARY, "-t", str(threads), "-c", str(connections)]
+        command += ["-d", f"{max(1, round(seconds))}s", "--timeout", "30s"]
+        command += ["-s", handle.name, base_url]
+        output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        Path(handle.name).unlink()
+    return parse(output.stdout + output.stderr)
+
+
+def parse(output: str) -> Result:
+    for line in output.splitlines():
+        if line.startswith("WRKJSON "):
+            raw = json.loads(line.removeprefix("WRKJSON "))
+            return Result(
+                requests=raw["requests"],
+                bytes=raw["bytes"],
+                seconds=raw["duration_us"] / 1e6,
+                p50_ms=raw["p50_us"] / 1000,
+                p99_ms=raw["p99_us"] / 1000,
+                errors=raw["non2xx"] + raw["socket_errors"],
+            )
+    raise RuntimeError(f"wrk printed no result:\n{output}")

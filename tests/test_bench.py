@@ -1,0 +1,91 @@
+"""Smoke tests of the benchmark harness's pieces (``python -m bench`` itself is not run).
+
+Only the WAN emulator's lower bounds are timed: a relay that is too slow still passes,
+one that forgets to delay or to cap the rate cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from bench import wrk
+from bench.burst import percentile
+from bench.nginx import render
+from bench.wan import Link, WanRelay
+
+
+async def test_wan_relay_delays_each_direction_and_caps_the_rate() -> None:
+    payload = os.urandom(200_000)
+
+    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(4)
+        writer.write(payload)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(origin, "127.0.0.1", 0)
+    relay = WanRelay(server.sockets[0].getsockname()[1], delay_ms=20, rate_mbit=8)
+    port = await relay.start()
+    try:
+        began = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"ping")
+        first = await reader.readexactly(1)
+        round_trip = time.monotonic() - began
+        rest = await reader.read()
+        total = time.monotonic() - began
+        writer.close()
+    finally:
+        await relay.close()
+        server.close()
+    assert first + rest == payload
+    assert round_trip >= 0.040  # 20 ms up + 20 ms down
+    assert total >= 0.040 + len(payload) / 1_000_000  # 8 Mbit/s is 1 MB/s
+
+
+def test_link_serialises_chunks_one_after_another() -> None:
+    link = Link(delay=0.0, rate_bytes=1000.0)
+    first = link.departure(500)
+    second = link.departure(500)
+    assert second - first >= 0.5
+
+
+def test_nginx_config_caches_by_accept_with_single_flight() -> None:
+    config = render(Path("/tmp/prefix"), port=8081, origin_port=8042, workers=2)
+    assert "worker_processes 2;" in config
+    assert "listen 127.0.0.1:8081;" in config
+    assert "server 127.0.0.1:8042;" in config
+    for line in (
+        'proxy_cache_key "$request_uri|$http_accept";',
+        "proxy_cache_lock on;",
+        "proxy_cache_valid 200 1d;",
+        "proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;",
+        "sendfile on;",
+        "keepalive 64;",
+        "add_header X-Cache-Status $upstream_cache_status always;",
+        "proxy_cache_path /tmp/prefix/cache",
+    ):
+        assert line in config
+    assert config.count("{") == config.count("}")
+
+
+def test_wrk_script_quotes_accept_and_result_parses() -> None:
+    script = wrk.script(["/a", "/b"], 'multipart/related; type="application/dicom"')
+    assert 'local paths = {"/a", "/b"}' in script
+    assert r'"multipart/related; type=\"application/dicom\""' in script
+    result = wrk.parse(
+        "Running 1s test\nWRKJSON "
+        '{"requests": 200, "bytes": 1048576, "duration_us": 2000000, "p50_us": 1500, '
+        '"p99_us": 9000, "non2xx": 0, "socket_errors": 1}\n'
+    )
+    assert (result.rps, result.mib_s, result.p50_ms, result.p99_ms) == (100, 0.5, 1.5, 9)
+    assert result.errors == 1
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(n) for n in range(1, 51)]
+    assert percentile(values, 0.99) == 50
+    assert percentile(values, 0.5) == 25
