@@ -7,8 +7,8 @@ code, so that path checks, classification and URL derivation happen in one place
 from __future__ import annotations
 
 import functools
+import os
 import re
-import uuid
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -44,7 +44,7 @@ EXCHANGE = web.RequestKey("exchange", Exchange)
 def request_id(request: web.Request) -> str:
     """The client's ``X-Request-ID`` when it is well formed, else a fresh one."""
     given = request.headers.get("X-Request-ID", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if _REQUEST_ID.match(given) else os.urandom(16).hex()
 
 
 def relative_raw_path(request: web.Request, base_path: str) -> str:

@@ -142,12 +142,7 @@ class FillReader:
             self.close()
 
 
-def file_chunks(path: Path) -> AsyncIterator[bytes]:
+async def file_chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
     """A stored body in chunks (for hits that must be rewritten on the way out)."""
-
-    async def generate() -> AsyncIterator[bytes]:
-        with open(path, "rb") as reader:
-            while chunk := reader.read(CHUNK):
-                yield chunk
-
-    return generate()
+    while chunk := handle.read(CHUNK):
+        yield chunk

@@ -20,17 +20,18 @@ import time
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import forward, logs
+from proxy import forward
 from proxy.cache.fill import Fill, file_chunks
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
+from proxy.cache.sendfile import StoredBody
 from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
 from proxy.dicomweb.rewrite import carries_urls
 from proxy.errors import ProxyError, UpstreamError, UpstreamInvalid, UpstreamTimeout
@@ -92,7 +93,9 @@ class Cache:
         if hit is not None:
             verdict = await self._freshness(policy, hit)
             if verdict != "expired":
-                return await self.serve_hit(request, exchange, hit, verdict)
+                served = await self.serve_hit(request, exchange, hit, verdict)
+                if served is not None:
+                    return served
         if request.method == "HEAD":
             return await self._bypass(request, exchange)
         result = "bypass" if "no-cache" in directives else "miss"
@@ -108,8 +111,18 @@ class Cache:
 
     async def serve_hit(
         self, request: web.Request, exchange: Exchange, hit: Hit, result: str
+    ) -> web.StreamResponse | None:
+        """From the file: sendfile when nothing must change, else rewritten on the way.
+        None when the body is gone (evicted by another worker since it was looked up)."""
+        body = hit.open()
+        if body is None:
+            self.store.forget(hit.key)
+            return None
+        return await self._serve_body(request, exchange, hit, body, result)
+
+    async def _serve_body(
+        self, request: web.Request, exchange: Exchange, hit: Hit, body: BinaryIO, result: str
     ) -> web.StreamResponse:
-        """From the file: sendfile when nothing must change, else rewritten on the way."""
         self.results[result] += 1
         meta = hit.meta
         headers = CIMultiDict(meta.headers)
@@ -125,14 +138,17 @@ class Cache:
             x_cache=result.upper(),
         )
         if _not_modified(request, meta.etag):
+            body.close()
             return web.Response(status=304, headers=_validators(response))
         if not response[forward.REWRITE] and not response.compression:
-            return logs.FileResponse(hit.path, headers=response.headers)
-        await response.prepare(request)
-        if request.method == "HEAD":
-            await response.write_eof()
-            return response
-        await forward.relay(request, response, file_chunks(hit.path), exchange.rewriter)
+            return StoredBody(body, meta.size, status=meta.status, headers=response.headers)
+        try:
+            await response.prepare(request)
+            if request.method != "HEAD":
+                await forward.relay(request, response, file_chunks(body), exchange.rewriter)
+        finally:
+            body.close()
+        await response.write_eof()
         return response
 
     async def _freshness(self, policy: Policy, hit: Hit) -> str:
@@ -177,7 +193,10 @@ class Cache:
     ) -> web.StreamResponse:
         claimed = await self._claim(policy.key)
         if isinstance(claimed, Hit):
-            return await self.serve_hit(request, exchange, claimed, "hit")
+            served = await self.serve_hit(request, exchange, claimed, "hit")
+            if served is not None:
+                return served
+            claimed = None  # evicted meanwhile: fill it again
         if isinstance(claimed, Fill):
             fill = claimed
         elif free_bytes(self.store.tmp) < MIN_FREE_BYTES:
@@ -196,8 +215,10 @@ class Cache:
             reader.close()
             raise
         if stale is not None and self._may_serve_stale(fill, stale):
-            reader.close()
-            return await self.serve_hit(request, exchange, stale, "stale")
+            served = await self.serve_hit(request, exchange, stale, "stale")
+            if served is not None:
+                reader.close()
+                return served
         if fill.error is not None and not fill.status:
             reader.close()
             raise fill.error

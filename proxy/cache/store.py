@@ -15,14 +15,20 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import diskcache
 
 # A mode number diskcache does not use: "value is a body file plus JSON meta".
 MODE_BODY = 7
+# Hits are answered from memory for this long before the index is asked again (which
+# also renews the entry's LRU position): a hit then costs no SQLite transaction.
+HOT_ENTRIES = 8192
+HOT_SECONDS = 30.0
+STATE_SECONDS = 1.0
 # Headers of the upstream response that are kept with a body and replayed on hits.
 _KEPT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Language", "Warning")
 
@@ -48,6 +54,14 @@ class Meta:
 class Hit:
     meta: Meta
     path: Path
+    key: str = ""
+
+    def open(self) -> BinaryIO | None:
+        """The body, or None when it was evicted meanwhile."""
+        try:
+            return open(self.path, "rb")
+        except FileNotFoundError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -66,7 +80,6 @@ class StudyState:
     since: float
     checked_at: float
     final: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class BodyDisk(diskcache.Disk):  # type: ignore[misc]
@@ -93,6 +106,8 @@ class Store:
         self.directory = directory
         self.tmp = directory / "tmp"
         self.size_limit = size_limit
+        self._hot: OrderedDict[str, tuple[float, Hit]] = OrderedDict()
+        self._states: dict[str, tuple[float, StudyState | None]] = {}
         self.index = diskcache.Cache(
             str(directory / "index"),
             disk=BodyDisk,
@@ -120,21 +135,43 @@ class Store:
         return self.tmp / f"{uuid.uuid4().hex}.part"
 
     def get(self, key: str) -> Hit | None:
+        """The entry for ``key``.  From memory when seen within HOT_SECONDS: the body
+        may have been evicted since (by another worker), so callers open it and
+        :meth:`forget` the key when it is gone."""
+        now = time.monotonic()
+        remembered = self._hot.get(key)
+        if remembered is not None and now - remembered[0] < HOT_SECONDS:
+            self._hot.move_to_end(key)
+            return remembered[1]
         found = self.index.get(key, default=None, retry=True)
-        if isinstance(found, Hit) and found.path.exists():
-            return found
-        return None
+        if not isinstance(found, Hit):
+            self._hot.pop(key, None)
+            return None
+        found = replace(found, key=key)
+        self._hot[key] = (now, found)
+        self._hot.move_to_end(key)
+        if len(self._hot) > HOT_ENTRIES:
+            self._hot.popitem(last=False)
+        return found
+
+    def forget(self, key: str) -> None:
+        self._hot.pop(key, None)
 
     def commit(self, key: str, body: NewBody, tag: str | None) -> bool:
         """Adopt a finished body; False (and the temp file removed) when it cannot fit."""
         if body.meta.size > self.size_limit:
             body.temp_path.unlink(missing_ok=True)
             return False
+        self._hot.pop(key, None)
         self.index.set(key, body, tag=tag, retry=True)
-        self.index.cull(retry=True)
+        if self.index.volume() > self.size_limit:
+            self.index.cull(retry=True)
+            self._hot.clear()  # whatever was culled must not be served from memory
         return True
 
     def purge(self, tags: list[str] | None = None) -> int:
+        self._hot.clear()
+        self._states.clear()
         if tags is None:
             return int(self.index.clear(retry=True))
         return sum(int(self.index.evict(tag, retry=True)) for tag in tags)
@@ -145,11 +182,20 @@ class Store:
     # -- study state -------------------------------------------------------------
 
     def study_state(self, key: str) -> StudyState | None:
+        now = time.monotonic()
+        remembered = self._states.get(key)
+        if remembered is not None and now - remembered[0] < STATE_SECONDS:
+            return remembered[1]
         raw = self.index.get(key, default=None, retry=True)
-        return StudyState(**json.loads(raw)) if isinstance(raw, str) else None
+        state = StudyState(**json.loads(raw)) if isinstance(raw, str) else None
+        if len(self._states) >= HOT_ENTRIES:
+            self._states.clear()
+        self._states[key] = (now, state)
+        return state
 
     def set_study_state(self, key: str, state: StudyState, tag: str) -> None:
         self.index.set(key, json.dumps(asdict(state)), tag=tag, retry=True)
+        self._states[key] = (time.monotonic(), state)
 
 
 def etag_for(path: Path) -> str:
