@@ -14,12 +14,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from proxy import __version__, auth, logs, prefetch, settings, workers
+from proxy.cache import cli as cache_cli
 from proxy.settings import Settings, SettingsError
 from proxy.stow import cli as stow_cli
 
 log = logging.getLogger("dicomweb_proxy")
 
-SUBCOMMANDS = ("serve", "check", "dead-letter", "prefetch")
+SUBCOMMANDS = ("serve", "check", "cache", "dead-letter", "prefetch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     dead_letter = commands.add_parser("dead-letter", help="inspect and replay failed STOW")
     stow_cli.add_arguments(dead_letter)
     settings.add_arguments(dead_letter)
+    cache = commands.add_parser("cache", help="cache statistics, or purge it")
+    cache_cli.add_arguments(cache)
+    settings.add_arguments(cache)
     warm = commands.add_parser("prefetch", help="warm a running proxy's cache through it")
     prefetch.add_arguments(warm)
     return parser
@@ -48,14 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = build_parser().parse_args(args)
     if flags.command == "prefetch":  # a client of a running proxy: no proxy settings
         return prefetch.main(flags)
-    needs_upstream = flags.command != "dead-letter" or flags.action == "replay"
+    needs_upstream = flags.command in {"serve", "check"} or getattr(flags, "action", "") == "replay"
     try:
         config = settings.load(flags, os.environ, require_upstream=needs_upstream)
         auth.validate(config)
+        configure_logging(config)
+        if flags.command == "cache":
+            return cache_cli.run(config, flags)
     except SettingsError as exc:
         print(f"dicomweb-proxy: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config)
     if flags.command == "dead-letter":
         return stow_cli.run(config, flags)
     runner: Callable[[Settings], int] = {"serve": serve, "check": check}[flags.command]

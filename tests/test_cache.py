@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -471,3 +472,27 @@ async def test_kill_9_mid_fill_leaves_no_entry_and_no_temp_file(
     finally:
         proxy.kill()
         proxy.wait(10)
+
+
+async def test_cache_command_stats_and_purge(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study, tmp_path: Path
+) -> None:
+    _, server = relay
+    client = await proxy_to(dicomweb(server), data="cli")
+    for index in range(2):
+        await (await client.get(instance_path(study, index))).read()
+        await settle(client)
+    await client.close()
+    base = [sys.executable, "-m", "proxy", "cache"]
+    data = ["--data-dir", str(tmp_path / "cli")]
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *argv, *data], capture_output=True, text=True, timeout=60)
+
+    stats = json.loads(run("stats").stdout)
+    assert stats["entries"] == 2 and stats["bytes"] > 0
+    assert run("purge", "--study", "not-a-uid").returncode == 2
+    purged = run("purge", "--study", study.uid)
+    assert purged.returncode == 0 and "removed 2 entries" in purged.stdout
+    assert json.loads(run("stats").stdout)["entries"] == 0
+    assert run("purge").stdout.strip() == "removed 0 entries"
