@@ -127,3 +127,13 @@ def test_command_line_exits_2_with_one_line(argv: list[str], message: str) -> No
 def test_masked_configuration_hides_secrets() -> None:
     loaded = load(["--upstream-url", "http://pacs/dicom-web", "--admin-token", "t0ps3cret"])
     assert "t0ps3cret" not in str(loaded.masked())
+
+
+def test_readme_documents_every_option() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [
+        settings.option_flag(name)
+        for name in settings.OPTION_FIELDS
+        if settings.option_flag(name) not in readme
+    ]
+    assert missing == []
