@@ -1,15 +1,20 @@
 """A synthetic DICOMweb origin for benchmarks: bodies of any size, generated on the fly.
 
 ``python -m bench.origin PORT``.  GET .../instances/{uid} answers a multipart/related
-body of ``?bytes=N`` (default 512 KiB) made of 1 MiB parts; POST consumes the body and
-answers how many bytes it read.  Nothing is held in memory beyond one chunk.
+body of ``?bytes=N`` (default 512 KiB) made of 1 MiB parts; a STOW-RS POST reads every
+part and answers that each instance was stored.  Nothing is held in memory beyond one
+chunk (and the first bytes of a part).
 """
 
 from __future__ import annotations
 
+import io
 import sys
 
+import pydicom
 from aiohttp import web
+
+from proxy.dicomweb import multipart
 
 BOUNDARY = "bench-boundary"
 PART = 1024 * 1024
@@ -36,10 +41,27 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
 
 
 async def store(request: web.Request) -> web.StreamResponse:
-    seen = 0
-    async for chunk in request.content.iter_chunked(1024 * 1024):
-        seen += len(chunk)
-    return web.json_response({"bytes": seen})
+    """Reads every part (keeping only its first bytes) and answers a PS3.18 Table
+    10.5.3-1 response that references each instance, like an archive that stored it."""
+    media = multipart.parse_media_type(request.headers.get("Content-Type", ""))
+    reader = multipart.MultipartReader(
+        request.content.iter_chunked(1024 * 1024), multipart.boundary_of(media)
+    )
+    referenced, seen = [], 0
+    while await reader.next_part() is not None:
+        head = b""
+        while chunk := await reader.read():
+            seen += len(chunk)
+            head = head if len(head) >= 16384 else head + chunk[:16384]
+        dataset = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True)
+        referenced.append(
+            {
+                "00081150": {"vr": "UI", "Value": [str(dataset.SOPClassUID)]},
+                "00081155": {"vr": "UI", "Value": [str(dataset.SOPInstanceUID)]},
+            }
+        )
+    body = {"00081199": {"vr": "SQ", "Value": referenced}, "bytes": seen}
+    return web.json_response(body, content_type="application/dicom+json")
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.dicomgen import make_instance
 from tests.orthanc import free_port
 
 CHUNK = 1024 * 1024
@@ -59,23 +59,42 @@ async def download(url: str) -> int:
     return received
 
 
-async def body(total: int) -> AsyncIterator[bytes]:
-    block = os.urandom(CHUNK)
-    for offset in range(0, total, CHUNK):
-        yield block[: min(CHUNK, total - offset)]
+TEMPLATE_UID = "1.2.3.4.000000000000"
+BOUNDARY = "rss-boundary"
+
+
+def stow_parts(total: int) -> tuple[list[bytes], int]:
+    """Enough 512x512 CT instances (about 512 KiB each) to make ``total`` bytes."""
+    instance = make_instance("1.2.3", "1.2.3.1", 1, sop_uid=TEMPLATE_UID)
+    head = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    part = head + instance + b"\r\n"
+    return [part], max(1, total // len(part))
+
+
+async def body(part: bytes, count: int) -> AsyncIterator[bytes]:
+    """``count`` copies of ``part``, each with its own SOP Instance UID."""
+    for number in range(1, count + 1):
+        yield part.replace(TEMPLATE_UID.encode(), f"1.2.3.4.{number:012d}".encode())
+    yield f"--{BOUNDARY}--\r\n".encode()
 
 
 async def upload(url: str, total: int) -> int:
+    (part,), count = stow_parts(total)
+    length = len(part) * count + len(f"--{BOUNDARY}--\r\n")
     headers = {
-        "Content-Type": 'multipart/related; type="application/dicom"; boundary=x',
-        "Content-Length": str(total),
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+        "Content-Length": str(length),
+        "Accept": "application/dicom+json",
     }
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        session.post(url, data=body(total), headers=headers) as response,
+        session.post(url, data=body(part, count), headers=headers) as response,
     ):
-        return int((await response.json())["bytes"])
+        stored = (await response.json(content_type=None)).get("00081199", {}).get("Value", [])
+        if response.status != 200 or len(stored) != count:
+            raise RuntimeError(f"STOW through the proxy: HTTP {response.status}")
+        return length
 
 
 async def run_case(name: str, origin: str, extra: list[str], gib: float) -> dict[str, object]:
@@ -126,7 +145,7 @@ async def measure(gib: float) -> list[dict[str, object]]:
         cases = [
             ("retrieve, cache filling", []),
             ("retrieve, --no-cache", ["--no-cache"]),
-            ("stow pass-through", ["--no-cache"]),
+            ("stow, split into batches", ["--no-cache"]),
         ]
         return [await run_case(name, upstream, extra, gib) for name, extra in cases]
     finally:
