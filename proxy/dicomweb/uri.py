@@ -8,6 +8,7 @@ section 10.4 (WADO-RS), 10.5 (STOW-RS) and 10.6 (QIDO-RS) resource tables, e.g.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -62,6 +63,7 @@ def is_valid_uid(text: str) -> bool:
     return len(text) <= 64 and _UID.match(text) is not None
 
 
+@functools.lru_cache(maxsize=8192)
 def check_path(raw_path: str) -> None:
     """Refuse any path that could climb out of the base (SPEC section 2).
 
@@ -76,6 +78,7 @@ def check_path(raw_path: str) -> None:
             raise InvalidPath("dot segments are not allowed in the path")
 
 
+@functools.lru_cache(maxsize=8192)
 def classify(relative_path: str, method: str = "GET") -> Resource:
     """Parse a path below the DICOMweb base.  Raises InvalidPath for malformed UIDs."""
     segments = [segment for segment in relative_path.split("/") if segment]
