@@ -27,7 +27,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy import forward
-from proxy.cache.fill import Fill, file_chunks
+from proxy.cache.fill import Fill, FillReader, file_chunks
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
@@ -212,17 +212,26 @@ class Cache:
             self._spawn(self.readahead.run(exchange, policy))
         reader = fill.reader()
         try:
-            await fill.headers_ready.wait()
-        except BaseException:
-            reader.close()
-            raise
+            return await self._answer(request, exchange, fill, reader, stale, result)
+        finally:
+            reader.close()  # also when the client went away mid-body
+
+    async def _answer(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        fill: Fill,
+        reader: FillReader,
+        stale: Hit | None,
+        result: str,
+    ) -> web.StreamResponse:
+        """Stream a fill to the client, or a stale entry when the upstream failed."""
+        await fill.headers_ready.wait()
         if stale is not None and self._may_serve_stale(fill, stale):
             served = await self.serve_hit(request, exchange, stale, "stale")
             if served is not None:
-                reader.close()
                 return served
         if fill.error is not None and not fill.status:
-            reader.close()
             raise fill.error
         self.results[result] += 1
         response = forward.start_response(
@@ -233,11 +242,7 @@ class Cache:
             request_id=exchange.request_id,
             x_cache=result.upper(),
         )
-        try:
-            await response.prepare(request)
-        except BaseException:
-            reader.close()
-            raise
+        await response.prepare(request)
         await forward.relay(request, response, reader.chunks(), exchange.rewriter)
         return response
 
