@@ -26,6 +26,9 @@ from proxy.errors import UpstreamError, UpstreamInvalid, UpstreamTimeout, Upstre
 from proxy.settings import Settings
 
 CHUNK = 256 * 1024
+# Per-connection read buffer: with aiohttp's 64 KiB default a 512 KiB body makes the
+# reader pause and resume the socket several times per response.
+READ_BUFFER = 1024 * 1024
 
 Body = AsyncIterable[bytes] | bytes | None
 # Called once per attempt, returning a fresh body: marks the body as replayable.
@@ -62,6 +65,7 @@ class Upstream:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
+            read_bufsize=READ_BUFFER,
         )
 
     @contextlib.asynccontextmanager
