@@ -62,6 +62,13 @@ http {{
             proxy_read_timeout 120s;
             add_header X-Cache-Status $upstream_cache_status always;
         }}
+        # The same proxying without a cache: nginx's pass-through, for reference.
+        location /nocache/ {{
+            proxy_pass http://origin/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_read_timeout 120s;
+        }}
     }}
 }}
 """

@@ -145,18 +145,29 @@ def section_workers(
 
 
 def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -> dict[str, Any]:
-    """Pass-through: ``--no-cache`` against Orthanc direct."""
+    """Pass-through: ``--no-cache`` against Orthanc direct, and nginx without its cache
+    for reference (what any proxy in the path costs on this machine)."""
     loads = hits.workloads(study)
     instances = next(load for load in loads if load.name.startswith("512"))
     metadata = next(load for load in loads if load.name.startswith("study"))
     proxy = Proxy(orthanc.dicomweb, "--no-cache")
     try:
-        targets = {"proxy --no-cache": proxy.url, "orthanc": orthanc.url}
+        nginx = start_nginx(orthanc.port)
+    except BaseException:
+        proxy.stop()
+        raise
+    try:
+        targets = {
+            "proxy --no-cache": proxy.url,
+            "nginx, no cache": nginx.url + "/nocache",
+            "orthanc": orthanc.url,
+        }
         common = {"rounds": plan.rounds, "seconds": plan.seconds, "progress": log}
         throughput = hits.alternate(targets, instances, connections=plan.connections, **common)  # type: ignore[arg-type]
         latency = hits.alternate(targets, metadata, connections=1, **common)  # type: ignore[arg-type]
     finally:
         proxy.stop()
+        nginx.stop()
     return {"512 KiB instances": throughput, "study metadata, 1 connection": latency}
 
 
