@@ -21,6 +21,7 @@ import aiohttp
 
 from tests.dicomgen import make_instance
 from tests.orthanc import free_port
+from tests.support import wait_port
 
 CHUNK = 1024 * 1024
 
@@ -29,17 +30,6 @@ def start(args: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-
-
-async def wait_port(port: int) -> None:
-    for _ in range(400):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -59,7 +49,7 @@ async def download(url: str) -> int:
     return received
 
 
-TEMPLATE_UID = "1.2.3.4.000000000000"
+TEMPLATE_UID = "1.2.3.4.100000000000"
 BOUNDARY = "rss-boundary"
 
 
@@ -74,7 +64,7 @@ def stow_parts(total: int) -> tuple[list[bytes], int]:
 async def body(part: bytes, count: int) -> AsyncIterator[bytes]:
     """``count`` copies of ``part``, each with its own SOP Instance UID."""
     for number in range(1, count + 1):
-        yield part.replace(TEMPLATE_UID.encode(), f"1.2.3.4.{number:012d}".encode())
+        yield part.replace(TEMPLATE_UID.encode(), f"1.2.3.4.{100000000000 + number}".encode())
     yield f"--{BOUNDARY}--\r\n".encode()
 
 

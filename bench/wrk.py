@@ -73,7 +73,11 @@ def run(
     connections: int,
     threads: int = 1,
 ) -> Result:
-    """One wrk run against ``base_url`` (scheme://host:port) requesting ``paths``."""
+    """One wrk run against ``base_url`` requesting ``paths``; a path in ``base_url``
+    (``http://host:port/nocache``) prefixes every request path."""
+    origin, _, prefix = base_url.partition("://")[2].partition("/")
+    base_url = base_url.partition("://")[0] + "://" + origin
+    paths = [f"/{prefix.strip('/')}{path}" if prefix.strip("/") else path for path in paths]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script(paths, accept))
     try:

@@ -166,6 +166,19 @@ async def iter_body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
             yield chunk
 
 
+async def read_bounded(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """A whole small body (a QIDO answer, a STOW response); UpstreamInvalid past
+    ``limit`` bytes.  ``content.read(n)`` alone returns whatever has arrived so far."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in iter_body(response):
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamInvalid(f"the upstream {what} is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -87,3 +89,27 @@ def make_settings(upstream_url: str, data_dir: Path, **overrides: Any) -> Settin
         data_dir=str(data_dir),
     )
     return dataclasses.replace(base, **overrides)
+
+
+def serve_process(
+    upstream_url: str, data_dir: Path, port: int, *extra: str, stderr: Any = None
+) -> subprocess.Popen[bytes]:
+    """``python -m proxy serve`` as its own process (for signals, RSS, kill -9)."""
+    command = [
+        sys.executable, "-m", "proxy", "serve", "--upstream-url", upstream_url,
+        "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL)
+
+
+async def wait_port(port: int, timeout: float = 20.0) -> None:
+    """Until something accepts connections on ``port`` (no fixed sleeps)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")

@@ -13,12 +13,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import create_app
 from tests.dicomgen import Study, make_instance, make_study
 from tests.orthanc import Orthanc, free_port
-from tests.support import make_settings
+from tests.support import make_settings, serve_process, wait_port
 from tests.upstreams import RawUpstream, Relay
 
 Start = Callable[..., Any]
@@ -410,44 +411,14 @@ async def test_client_disconnect_does_not_abort_the_fill(raw: RawUpstream, proxy
     assert raw.requests == 1
 
 
-def _serve(raw: RawUpstream, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--upstream-url",
-            raw.dicomweb,
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-async def _wait_ready(port: int) -> None:
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError("proxy did not start")
-
-
 async def test_kill_9_mid_fill_leaves_no_entry_and_no_temp_file(
     raw: RawUpstream, tmp_path: Path
 ) -> None:
     port, data_dir = free_port(), tmp_path / "data"
     raw.mode = "stall"
-    proxy = _serve(raw, data_dir, port)
+    proxy = serve_process(raw.dicomweb, data_dir, port)
     try:
-        await _wait_ready(port)
+        await wait_port(port)
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(f"GET {INSTANCE} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         tmp = data_dir / "cache" / "tmp"
@@ -460,8 +431,8 @@ async def test_kill_9_mid_fill_leaves_no_entry_and_no_temp_file(
         proxy.wait(10)
         writer.close()
         raw.mode = "full"
-        proxy = _serve(raw, data_dir, port)
-        await _wait_ready(port)
+        proxy = serve_process(raw.dicomweb, data_dir, port)
+        await wait_port(port)
         assert list(tmp.glob("*.part")) == []
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{port}{INSTANCE}") as response:
@@ -496,3 +467,33 @@ async def test_cache_command_stats_and_purge(
     assert purged.returncode == 0 and "removed 2 entries" in purged.stdout
     assert json.loads(run("stats").stdout)["entries"] == 0
     assert run("purge").stdout.strip() == "removed 0 entries"
+
+
+async def test_study_entries_are_kept_when_the_count_answer_arrives_in_pieces(
+    aiohttp_server: Callable[..., Any], proxy_to: Start
+) -> None:
+    """A slow link delivers a QIDO answer in several reads; all of it must be read."""
+    study = "1.2.3.77"
+
+    async def metadata(request: web.Request) -> web.StreamResponse:
+        return web.json_response([{"0020000D": {"vr": "UI", "Value": [study]}}])
+
+    async def count(request: web.Request) -> web.StreamResponse:
+        body = json.dumps([{"00201208": {"vr": "IS", "Value": [3]}}]).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/dicom+json"})
+        await response.prepare(request)
+        for piece in (body[:10], body[10:]):
+            await response.write(piece)
+            await asyncio.sleep(0.05)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get(f"/dicom-web/studies/{study}/metadata", metadata)
+    app.router.add_get("/dicom-web/studies", count)
+    server = await aiohttp_server(app)
+    client = await proxy_to(dicomweb(server))
+    path = f"/dicom-web/studies/{study}/metadata"
+    assert (await client.get(path)).headers["X-Cache"] == "MISS"
+    await settle(client)
+    assert (await client.get(path)).headers["X-Cache"] == "HIT"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.orthanc import free_port
+from tests.support import serve_process, wait_port
 from tests.upstreams import RawUpstream
 
 INSTANCE = "/dicom-web/studies/1.2.3/series/4.5/instances/6.7"
@@ -29,32 +29,13 @@ async def start_proxy(
     raw: RawUpstream, data_dir: Path, *extra: str
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--upstream-url",
-            raw.dicomweb,
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            f"127.0.0.1:{port}",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(300):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return process, port
-        except OSError:
-            await asyncio.sleep(0.05)
-    process.kill()
-    raise RuntimeError("proxy did not start")
+    process = serve_process(raw.dicomweb, data_dir, port, *extra)
+    try:
+        await wait_port(port)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process, port
 
 
 async def fetch(port: int) -> tuple[int, str, bytes]:

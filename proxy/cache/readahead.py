@@ -25,7 +25,7 @@ from proxy.cache.policy import Policy
 from proxy.dicomweb.uri import classify
 from proxy.errors import ProxyError
 from proxy.exchange import Exchange
-from proxy.upstream import Upstream
+from proxy.upstream import Upstream, read_bounded
 
 log = logging.getLogger("dicomweb_proxy")
 
@@ -97,7 +97,7 @@ class ReadAhead:
         async with self.upstream.request("GET", url, headers) as response:
             if response.status != 200:
                 return []
-            found = json.loads(await response.content.read(_MAX_LISTING))
+            found = json.loads(await read_bounded(response, _MAX_LISTING, "instance list"))
         return [_sibling(item) for item in found]
 
 

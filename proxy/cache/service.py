@@ -37,7 +37,7 @@ from proxy.dicomweb.rewrite import Rewriter, carries_urls
 from proxy.errors import ProxyError, UpstreamError, UpstreamInvalid, UpstreamTimeout
 from proxy.exchange import Exchange
 from proxy.settings import Settings
-from proxy.upstream import Upstream
+from proxy.upstream import Upstream, read_bounded
 
 # Below this much free disk the cache stops filling (and keeps serving).
 MIN_FREE_BYTES = 64 * 1024**2
@@ -367,7 +367,7 @@ class Cache:
                 return 0
             if response.status != 200:
                 raise UpstreamInvalid(f"count query answered {response.status}")
-            found = json.loads(await response.content.read(1024 * 1024))
+            found = json.loads(await read_bounded(response, 1024 * 1024, "count query"))
         if not found:
             return 0
         return int(found[0]["00201208"]["Value"][0])

@@ -20,10 +20,10 @@ from yarl import URL
 
 from proxy.dicomweb.rewrite import Rewriter
 from proxy.dicomweb.stow_response import BatchReport, StowResult, parse, resolve
-from proxy.errors import UpstreamError, UpstreamInvalid, UpstreamTimeout
+from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.settings import Settings
 from proxy.stow.batch import Batch, encode
-from proxy.upstream import Upstream, iter_body
+from proxy.upstream import Upstream, read_bounded
 
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 16 * 1024**2
@@ -153,7 +153,7 @@ class Sender:
             return Answer(None, detail=exc.detail)
 
     async def _answer(self, response: aiohttp.ClientResponse) -> Answer:
-        raw = await _read_bounded(response)
+        raw = await read_bounded(response, MAX_RESPONSE_BYTES, "STOW-RS response")
         warnings = tuple(response.headers.getall("Warning", ()))
         if self.rewriter is not None:
             raw = self.rewriter.rewrite_bytes(raw)
@@ -165,18 +165,6 @@ class Sender:
             warnings,
             f"HTTP {response.status}",
         )
-
-
-async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
-    """A STOW response is a small document; a larger one is not a STOW response."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in iter_body(response):
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise UpstreamInvalid("the upstream STOW-RS response is too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _retry_after(value: str | None) -> float | None:
