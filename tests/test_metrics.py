@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
+import signal
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -15,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import logs, metrics
 from tests.dicomgen import Study
-from tests.orthanc import free_port
-from tests.support import ProxyThread
+from tests.orthanc import Orthanc, free_port
+from tests.support import ProxyThread, serve_process, wait_port
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -206,3 +208,30 @@ def test_multiprocess_dir_only_with_several_workers(tmp_path: Path) -> None:
     assert metrics.multiprocess_dir(one) is None
     several = make_settings("http://127.0.0.1:1/dicom-web", tmp_path, workers=4)
     assert metrics.multiprocess_dir(several) == tmp_path / "metrics"
+
+
+async def test_two_real_workers_report_the_sum_of_their_requests(
+    orthanc: Orthanc, study: Study, tmp_path: Path
+) -> None:
+    """``--workers 2``: whichever worker answers the scrape, it counts both workers'
+    requests and cache results (prometheus-client multiprocess mode)."""
+    port = free_port()
+    process = serve_process(orthanc.dicomweb, tmp_path / "data", port, "--workers", "2")
+    try:
+        await wait_port(port)
+        series_uid, sop_uid, _ = study.instances[0]
+        path = f"/dicom-web/studies/{study.uid}/series/{series_uid}/instances/{sop_uid}"
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(12):  # a connection each: the kernel spreads them over both workers
+            status, _ = await asyncio.to_thread(fetch, base + path)
+            assert status == 200
+        for _ in range(6):
+            samples = await asyncio.to_thread(scrape, base + "/metrics")
+            labels = {"transaction": "wado", "method": "GET", "status": "200"}
+            assert value(samples, "dicomweb_proxy_requests_total", **labels) == 12
+            hits = value(samples, "dicomweb_proxy_cache_requests_total", result="hit")
+            misses = value(samples, "dicomweb_proxy_cache_requests_total", result="miss")
+            assert hits + misses == 12 and misses >= 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(process.wait, 30)
