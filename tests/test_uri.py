@@ -111,3 +111,12 @@ def test_check_path_refuses_traversal(raw: str) -> None:
 
 def test_check_path_accepts_ordinary_paths() -> None:
     check_path(f"/dicom-web/studies/{S}/series/{SE}/instances/{SOP}/frames/1,2")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["studies/1.2%0d%0aX-Injected:%201", "studies/%00", "studies/1.2\r\nX: y", "a%7f", "a%1B"],
+)
+def test_control_characters_refused_literal_or_encoded(raw: str) -> None:
+    with pytest.raises(InvalidPath):
+        check_path(raw)
