@@ -6,6 +6,7 @@ iterator and the response is written chunk by chunk (SPEC section 2).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
 
 from aiohttp import web
@@ -13,7 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import headers as hdrs
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
-from proxy.errors import PayloadTooLarge, UpstreamError
+from proxy.errors import PayloadTooLarge, RequestTimeout, UpstreamError
 from proxy.exchange import Exchange
 from proxy.upstream import CHUNK, Upstream, iter_body
 
@@ -21,6 +22,8 @@ _COMPRESSIBLE = ("json",)
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 REWRITE = web.ResponseKey("rewrite", bool)
+# --client-timeout, set by create_app: how long a request body may pause.
+CLIENT_TIMEOUT = web.AppKey("client_timeout", float)
 
 
 def request_body(request: web.Request, max_body: int) -> AsyncIterable[bytes] | None:
@@ -33,8 +36,18 @@ def request_body(request: web.Request, max_body: int) -> AsyncIterable[bytes] | 
 
 
 async def _bounded(request: web.Request, max_body: int) -> AsyncIterator[bytes]:
+    """Idle-bounded too: a client that pauses longer than ``--client-timeout`` mid-body
+    (a slow-body attack, or a client gone without a FIN) gets 408, not a held slot."""
     seen = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
+    idle = request.app.get(CLIENT_TIMEOUT)
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await request.content.read(CHUNK)
+        except TimeoutError:
+            raise RequestTimeout(f"no request body bytes for {idle or 0:g} s") from None
+        if not chunk:
+            return
         seen += len(chunk)
         if max_body and seen > max_body:
             raise PayloadTooLarge(f"the request body exceeds {max_body} bytes")
