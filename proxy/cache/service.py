@@ -36,7 +36,7 @@ from proxy.dicomweb.rewrite import carries_urls
 from proxy.errors import ProxyError, UpstreamError, UpstreamInvalid, UpstreamTimeout
 from proxy.exchange import Exchange
 from proxy.settings import Settings
-from proxy.upstream import Upstream
+from proxy.upstream import Upstream, iter_body
 
 # Below this much free disk the cache stops filling (and keeps serving).
 MIN_FREE_BYTES = 64 * 1024**2
@@ -317,10 +317,8 @@ class Cache:
                 return 0
             if response.status != 200:
                 raise UpstreamInvalid(f"count query answered {response.status}")
-            found = json.loads(await response.content.read(1024 * 1024))
-        if not found:
-            return 0
-        return int(found[0]["00201208"]["Value"][0])
+            body = await _read_at_most(response, 1024 * 1024)
+        return _instance_count(body)
 
     def _state_key(self, policy: Policy) -> str:
         partition = policy.key.split("|", 2)[1]
@@ -372,6 +370,26 @@ class CachedFile(web.FileResponse):
         if self.prepared:
             return None
         return await super().prepare(request)
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole (small) body: ``read(n)`` alone may stop at a TCP segment."""
+    body = b""
+    async for chunk in iter_body(response):
+        body += chunk
+        if len(body) > limit:
+            raise UpstreamInvalid("count query answer too large")
+    return body
+
+
+def _instance_count(body: bytes) -> int:
+    """NumberOfStudyRelatedInstances (0020,1208) of the first match; an answer without
+    it (an upstream that ignores ``includefield``) is invalid, not a crash."""
+    try:
+        found = json.loads(body)
+        return int(found[0]["00201208"]["Value"][0]) if found else 0
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise UpstreamInvalid("the study count query answer has no instance count") from exc
 
 
 def _storable(fill: Fill) -> bool:
