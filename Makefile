@@ -10,7 +10,7 @@ APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 # npm counts as present when the command exists (a NodeSource nodejs ships its own).
 OS_PACKAGES := orthanc orthanc-dicomweb python3-venv chromium
 
-.PHONY: test lint demo os-packages venv clean
+.PHONY: test lint demo os-packages venv clean chaos
 
 venv: $(STAMP)
 
@@ -36,6 +36,11 @@ lint: $(STAMP)
 
 test: os-packages $(STAMP) lint
 	$(BIN)/pytest
+
+# The long chaos run: five minutes of faults (override CHAOS_SECONDS / CHAOS_SEED).
+chaos: os-packages $(STAMP)
+	CHAOS_SECONDS=$${CHAOS_SECONDS:-300} CHAOS_REQUESTS=$${CHAOS_REQUESTS:-10000000} \
+		$(BIN)/pytest -s -p no:cacheprovider tests/test_chaos.py
 
 demo: os-packages $(STAMP)
 	$(BIN)/python -m demo
