@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import errno
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
+from proxy.cache import fill as fill_module
+from proxy.cache import service as cache_service
+from proxy.cache.store import free_bytes
 from tests.support import make_settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -98,3 +103,103 @@ async def test_a_count_answer_without_the_count_is_an_upstream_fault_not_a_500(
         async with client.get("/dicom-web/studies/1.2/metadata") as response:
             assert response.status == 200, broken
             assert await response.text() == METADATA
+
+
+# -- the cache disk full ------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs (root may mount one; this sandbox allows it).  Where mounting is
+    not permitted the test skips, and the ``free_bytes`` variant below still runs."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def _serve_instances(aiohttp_server: Callable[..., Any], size: int) -> Any:
+    async def instance(request: web.Request) -> web.Response:
+        return web.Response(body=_body(request.match_info["sop"], size))
+
+    app = web.Application()
+    app.router.add_get("/dicom-web/studies/1.2/series/1.3/instances/{sop}", instance)
+    return await aiohttp_server(app)
+
+
+def _body(sop: str, size: int = 6 * 1024**2) -> bytes:
+    return (sop.encode() * size)[:size]
+
+
+async def _x_cache(client: TestClient[Any, Any], sop: str) -> tuple[str, bytes]:
+    async with client.get(f"/dicom-web/studies/1.2/series/1.3/instances/{sop}") as response:
+        assert response.status == 200
+        return response.headers["X-Cache"], await response.read()
+
+
+async def test_full_cache_disk_stops_filling_and_keeps_serving(
+    aiohttp_client: ClientFactory,
+    aiohttp_server: Callable[..., Any],
+    tmp_path: Path,
+    small_disk: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real full disk (tmpfs): hits keep coming from the cache; a miss is forwarded and
+    not cached, and when a fill runs out of space mid-body the client still gets the
+    whole body; nothing is left in tmp/."""
+    monkeypatch.setattr(cache_service, "MIN_FREE_BYTES", 4 * 1024**2)
+    server = await _serve_instances(aiohttp_server, 6 * 1024**2)
+    settings = make_settings(
+        str(server.make_url("/dicom-web")), tmp_path / "data", cache_dir=str(small_disk)
+    )
+    client = await aiohttp_client(create_app(settings))
+    assert (await _x_cache(client, "1.1"))[0] == "MISS"
+    assert (await _x_cache(client, "1.1"))[0] == "HIT"
+    # Leave 5 MiB: above the threshold, so the next fill starts, and runs out mid-body.
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (free_bytes(small_disk) - 5 * 1024**2))
+    cache, body = await _x_cache(client, "2.22")
+    assert cache == "MISS" and body == _body("2.22")
+    # Now below the threshold: misses are forwarded without a fill.
+    ballast.write_bytes(b"\0" * (ballast.stat().st_size + free_bytes(small_disk) - 1024**2))
+    for _ in range(2):
+        cache, body = await _x_cache(client, "3.333")
+        assert cache == "MISS" and body == _body("3.333")
+    hit, body = await _x_cache(client, "1.1")
+    assert hit == "HIT" and body == _body("1.1")
+    assert list((small_disk / "tmp").iterdir()) == []
+
+
+async def test_disk_full_mid_fill_without_a_tmpfs(
+    aiohttp_client: ClientFactory,
+    aiohttp_server: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same fault where no tmpfs can be mounted: ``os.write`` in the fill fails with
+    ENOSPC after 1 MiB.  Two clients share the fill (single flight); both get every
+    byte, the entry is not committed, tmp/ is empty; the next request fills normally."""
+    written = {"bytes": 0, "limit": 1024**2}
+    real_write = fill_module.os.write
+
+    def write(fd: int, data: Any) -> int:
+        if written["bytes"] + len(data) > written["limit"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written["bytes"] += len(data)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(fill_module.os, "write", write)
+    server = await _serve_instances(aiohttp_server, 6 * 1024**2)
+    settings = make_settings(str(server.make_url("/dicom-web")), tmp_path / "data")
+    client = await aiohttp_client(create_app(settings))
+    results = await asyncio.gather(*(_x_cache(client, "4.4") for _ in range(2)))
+    assert [body == _body("4.4") for _, body in results] == [True, True]
+    assert list((tmp_path / "data" / "cache" / "tmp").iterdir()) == []
+    written["limit"] = 10**12
+    assert (await _x_cache(client, "4.4"))[0] == "MISS"
+    assert (await _x_cache(client, "4.4"))[0] == "HIT"

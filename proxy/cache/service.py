@@ -173,6 +173,11 @@ class Cache:
         claimed = await self._claim(policy.key)
         if isinstance(claimed, Hit):
             return await self.serve_hit(request, exchange, claimed, "hit")
+        if isinstance(claimed, Fill) and claimed.spilled:
+            # The disk filled up under that fill: it cannot replay its start to a newcomer.
+            return await forward.forward(
+                request, exchange, self.upstream, 0, x_cache=result.upper()
+            )
         if isinstance(claimed, Fill):
             fill = claimed
         elif free_bytes(self.store.tmp) < MIN_FREE_BYTES:
