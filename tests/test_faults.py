@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,9 @@ from proxy.app import create_app
 from proxy.cache import fill as fill_module
 from proxy.cache import service as cache_service
 from proxy.cache.store import free_bytes
+from tests.dicomgen import make_study
+from tests.orthanc import Orthanc, free_port
+from tests.relay import Relay as StowRelay
 from tests.support import make_settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -203,3 +209,97 @@ async def test_disk_full_mid_fill_without_a_tmpfs(
     written["limit"] = 10**12
     assert (await _x_cache(client, "4.4"))[0] == "MISS"
     assert (await _x_cache(client, "4.4"))[0] == "HIT"
+
+
+# -- kill -9 mid-upload -------------------------------------------------------------------
+
+
+def _serve(upstream: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "proxy", "serve", "--upstream-url", upstream]
+    command += ["--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _ready(port: int) -> bool:
+    async def up() -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    deadline = time.monotonic() + 20
+    while not await up():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_kill_9_mid_upload_leaves_a_clean_spool_and_sends_nothing(
+    orthanc: Orthanc, tmp_path: Path
+) -> None:
+    relay = StowRelay(orthanc.dicomweb).start()
+    port, data_dir = free_port(), tmp_path / "data"
+    study = make_study(1, 4, rows=64, columns=64)
+    boundary = "kill-9-boundary"
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+            for _, _, data in study.instances
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    head = (
+        "POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; "
+        f'type="application/dicom"; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n'
+    ).encode()
+    spool = data_dir / "spool"
+    proxy = _serve(relay.dicomweb, data_dir, port)
+    try:
+        assert await _ready(port)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + body[: len(body) * 3 // 4])  # three instances and a bit
+        await writer.drain()
+        assert await _until(lambda: spool.exists() and any(p.is_file() for p in spool.rglob("*")))
+        proxy.send_signal(signal.SIGKILL)
+        proxy.wait(10)
+        writer.close()
+        assert any(p.is_file() for p in spool.rglob("*")), "the kill left spool files"
+        proxy = _serve(relay.dicomweb, data_dir, port)
+        assert await _ready(port)
+        assert not [p for p in spool.rglob("*") if p.is_file()]
+        assert relay.received == []  # nothing half-sent, and nothing resent after restart
+        assert not (set(_stored(orthanc, study.uid)))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/dicom-web/studies",
+                data=body,
+                headers={"Content-Type": head.decode().split("Content-Type: ")[1].split("\r\n")[0]},
+            ) as response,
+        ):
+            assert response.status == 200
+        assert _stored(orthanc, study.uid) == {sop for _, sop, _ in study.instances}
+    finally:
+        proxy.kill()
+        proxy.wait(10)
+        relay.stop()
+
+
+def _stored(orthanc: Orthanc, study_uid: str) -> set[str]:
+    try:
+        found = orthanc.get_json(f"/dicom-web/studies/{study_uid}/instances")
+    except Exception:
+        return set()
+    return {item["00080018"]["Value"][0] for item in found}  # type: ignore[union-attr]
