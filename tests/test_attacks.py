@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import create_app
@@ -46,19 +47,30 @@ def proxy_to(aiohttp_client: ClientFactory, tmp_path: Path) -> Callable[..., Any
 
 
 async def raw_exchange(port: int, data: bytes, *, wait: float = 10.0) -> bytes:
-    """Send raw bytes; everything the proxy answers until it closes (or ``wait``)."""
+    """Send raw bytes (asking the proxy to close after answering); everything it
+    answers until it closes (or ``wait``)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
+    writer.write(data.replace(b"\r\n", b"\r\nConnection: close\r\n", 1))
     await writer.drain()
     answer = b""
     try:
         async with asyncio.timeout(wait):
-            while chunk := await reader.read(65536):
+            while not _whole_response(answer) and (chunk := await reader.read(65536)):
                 answer += chunk
     except TimeoutError:
         pass
     writer.close()
     return answer
+
+
+def _whole_response(answer: bytes) -> bool:
+    """Headers and a Content-Length body read: aiohttp may linger reading the rest of a
+    refused body before it closes, and the test need not wait for that."""
+    head, found, body = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if found and line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return False
 
 
 def status_of(answer: bytes) -> int:
@@ -386,3 +398,27 @@ async def test_secrets_and_patient_names_absent_from_logs_and_error_bodies(
     for secret in secrets + names:
         assert secret not in text, secret
     assert base64.b64encode(b"proxy:upstream-pw-s3cret").decode() not in text
+
+
+@pytest.mark.parametrize("fault", ["stall", "oversize"])
+async def test_a_client_body_fault_on_a_streamed_forward_is_the_clients(
+    aiohttp_server: ServerFactory, proxy_to: Callable[..., Any], fault: str
+) -> None:
+    """Bodies that are not STOW stream straight to the upstream, so the upstream request
+    has begun; a stalled or oversized body still answers 408/413, not a 502 blaming the
+    upstream."""
+
+    async def sink(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="stored")
+
+    app = web.Application(client_max_size=0)
+    app.router.add_route("*", "/dicom-web/{tail:.*}", sink)
+    client = await proxy_to(await aiohttp_server(app), client_timeout=0.5, max_body=1000)
+    if fault == "stall":
+        length, body, expected = "Content-Length: 900", b"abc", 408
+    else:
+        length, body, expected = "Transfer-Encoding: chunked", b"7d0\r\n" + b"x" * 2000, 413
+    head = f"PUT /dicom-web/other HTTP/1.1\r\nHost: x\r\n{length}\r\n\r\n".encode()
+    answer = await raw_exchange(client.port, head + body, wait=20)
+    assert status_of(answer) == expected
