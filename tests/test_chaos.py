@@ -48,7 +48,7 @@ from tests.dicomgen import make_study
 from tests.orthanc import Orthanc, free_port
 
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "25"))
-REQUESTS = int(os.environ.get("CHAOS_REQUESTS", "1500"))
+REQUESTS = int(os.environ.get("CHAOS_REQUESTS", "3000"))
 SEED = int(os.environ.get("CHAOS_SEED", "20261121"))
 PASSWORD = "chaos-upstream-pw-s3cret"
 ADMIN = "chaos-admin-s3cret"
@@ -159,6 +159,7 @@ async def _run(
     faulty.enabled = False
     violations = list(workload.violations)
     violations += await _no_leftovers(data_dir)
+    cache_stats = await _admin_json(proxy + "/admin/cache")
     verified, cache_violations = await _cache_matches_origin(orthanc, proxy, workload)
     violations += cache_violations
     uploads, upload_violations = _uploads_accounted_for(orthanc, workload, data_dir)
@@ -180,10 +181,19 @@ async def _run(
         "responses": dict(workload.statuses),
         "faults_injected": dict(faulty.injected),
         "cache_entries_verified": verified,
+        "cache_index": {k: cache_stats.get(k) for k in ("entries", "bytes", "hit_ratio")},
         "uploads": uploads,
         "peak_rss_mib": round(peak[0] / 1024, 1),
         "violations": violations,
     }
+
+
+async def _admin_json(url: str) -> dict[str, Any]:
+    """Entries in the index count study revalidation states too, not only bodies."""
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        document: dict[str, Any] = await response.json()
+        return document
 
 
 async def _no_leftovers(data_dir: Path) -> list[str]:
