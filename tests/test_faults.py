@@ -21,8 +21,10 @@ from proxy.app import create_app
 from proxy.cache import fill as fill_module
 from proxy.cache import service as cache_service
 from proxy.cache.store import free_bytes
+from proxy.stow import dead_letter as dead_letter_module
 from tests.dicomgen import make_study
 from tests.orthanc import Orthanc, free_port
+from tests.relay import Faults as StowFaults
 from tests.relay import Relay as StowRelay
 from tests.support import make_settings
 
@@ -303,3 +305,47 @@ def _stored(orthanc: Orthanc, study_uid: str) -> set[str]:
     except Exception:
         return set()
     return {item["00080018"]["Value"][0] for item in found}  # type: ignore[union-attr]
+
+
+# -- the dead-letter disk full ------------------------------------------------------------
+
+
+async def test_full_dead_letter_disk_still_reports_every_failure(
+    aiohttp_client: ClientFactory,
+    orthanc: Orthanc,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The upstream keeps failing and the dead letter cannot be written: the client still
+    gets its merged answer naming every instance as failed, and no half-kept entry or
+    spool file stays behind."""
+
+    def full(source: Path, target: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dead_letter_module, "_link_or_copy", full)
+    relay = StowRelay(orthanc.dicomweb, faults=StowFaults(fail_always=True)).start()
+    try:
+        settings = make_settings(
+            relay.dicomweb, tmp_path / "data", stow_retries=1, stow_retry_delay=0.01
+        )
+        client = await aiohttp_client(create_app(settings))
+        study = make_study(1, 3, rows=16, columns=16)
+        body = (
+            b"".join(
+                b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
+                for _, _, data in study.instances
+            )
+            + b"--b--\r\n"
+        )
+        headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}
+        async with client.post("/dicom-web/studies", data=body, headers=headers) as response:
+            assert response.status == 409
+            document = await response.json(content_type=None)
+        failed = {item["00081155"]["Value"][0] for item in document["00081198"]["Value"]}
+        assert failed == {sop for _, sop, _ in study.instances}
+        dead_letter = settings.dead_letter_path
+        assert not dead_letter.exists() or list(dead_letter.iterdir()) == []
+        assert not any(p.is_file() for p in settings.spool_path.rglob("*"))
+    finally:
+        relay.stop()
