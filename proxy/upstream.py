@@ -158,7 +158,7 @@ async def iter_body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     stops early cannot be told from a complete one by HTTP, so its multipart closing
     boundary or JSON structure is checked (:mod:`proxy.dicomweb.ending`).
     """
-    check = None if _framed(response) else end_check(response.headers.get("Content-Type", ""))
+    check = None if _framed(response) else end_check(response.headers)
     with translate_errors():
         async for chunk in response.content.iter_chunked(CHUNK):
             if check is not None:

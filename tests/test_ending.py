@@ -19,8 +19,8 @@ DOCUMENTS = st.recursive(
 ).filter(lambda value: isinstance(value, (list, dict)))
 
 
-def whole(content_type: str, body: bytes, size: int) -> bool:
-    check = end_check(content_type)
+def whole(content_type: str, body: bytes, size: int, encoding: str = "identity") -> bool:
+    check = end_check({"Content-Type": content_type, "Content-Encoding": encoding})
     for start in range(0, len(body), size):
         check.feed(body[start : start + size])
     return check.whole()
@@ -46,3 +46,9 @@ def test_empty_bodies_and_other_types_are_taken_as_they_came() -> None:
     assert whole(JSON, b"", 1)
     assert whole("application/octet-stream", b"\x00" * 10, 3)
     assert whole("image/jpeg", b"", 1)
+
+
+def test_encoded_bodies_are_not_judged() -> None:
+    """A gzip body is relayed as it came: its bytes are no JSON to count brackets in."""
+    assert whole(JSON, b"\x1f\x8b[[[{", 2, encoding="gzip")
+    assert not whole(JSON, b"[[[{", 2)

@@ -9,7 +9,8 @@ presented as complete.  What can be checked is checked here, as the bytes stream
 - JSON (DICOM JSON, PS3.18 Annex F, is always an array or object): every bracket opened
   outside a string was closed, so the document is not a proper prefix of itself.
 
-Other media types cannot be judged and are taken as they came.
+Other media types, and encoded (compressed) bodies, cannot be judged and are taken as
+they came.
 
 Pure: no server imports.
 """
@@ -17,6 +18,7 @@ Pure: no server imports.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from proxy.dicomweb.media import parse_media_type
 
@@ -96,9 +98,12 @@ class _JsonEnd(EndCheck):
         return self._depth == 0 and not self._in_string
 
 
-def end_check(content_type: str) -> EndCheck:
-    """The check for a close-delimited body of ``content_type``."""
-    main, params = parse_media_type(content_type)
+def end_check(headers: Mapping[str, str]) -> EndCheck:
+    """The check for a close-delimited body with these response headers.  An encoded
+    body (``Content-Encoding: gzip``) is passed on encoded, so it cannot be judged."""
+    if headers.get("Content-Encoding", "identity").lower() != "identity":
+        return _Unchecked()
+    main, params = parse_media_type(headers.get("Content-Type", ""))
     if main.startswith("multipart/") and params.get("boundary"):
         return _MultipartEnd(params["boundary"])
     if main.endswith("json"):
