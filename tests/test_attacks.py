@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import create_app
+from tests.orthanc import free_port
 from tests.support import make_settings
 from tests.upstreams import Relay
 
@@ -422,3 +423,17 @@ async def test_a_client_body_fault_on_a_streamed_forward_is_the_clients(
     head = f"PUT /dicom-web/other HTTP/1.1\r\nHost: x\r\n{length}\r\n\r\n".encode()
     answer = await raw_exchange(client.port, head + body, wait=20)
     assert status_of(answer) == expected
+
+
+async def test_slowloris_on_the_metrics_port_is_cut_off_too(
+    relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any]
+) -> None:
+    _, server = relay
+    port = free_port()
+    await proxy_to(server, client_timeout=0.5, metrics_listen=f"127.0.0.1:{port}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    await writer.drain()
+    async with asyncio.timeout(20):  # a guard for a broken build, not a measurement
+        assert await reader.read() == b""  # closed by the proxy, no response
+    writer.close()
