@@ -187,6 +187,8 @@ async def _run(
     peak[0] = max(peak[0], proxy_rss_kib(process.pid))
     if peak[0] > RSS_LIMIT_KIB:
         violations.append(f"proxy RSS peaked at {peak[0]} KiB")
+    if faulty.rejected_auth:
+        violations.append(f"{faulty.rejected_auth} upstream requests without the credentials")
     for body in workload.bodies:
         violations += _secrets_in(body.decode(errors="replace"), "an error body")
     return {
