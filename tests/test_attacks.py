@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from proxy.app import create_app
 from tests.orthanc import free_port
 from tests.support import make_settings
-from tests.upstreams import Relay
+from tests.upstreams import Relay, misbehaving_app
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -437,3 +437,15 @@ async def test_slowloris_on_the_metrics_port_is_cut_off_too(
     async with asyncio.timeout(20):  # a guard for a broken build, not a measurement
         assert await reader.read() == b""  # closed by the proxy, no response
     writer.close()
+
+
+async def test_client_timeout_does_not_cut_a_request_being_answered(
+    aiohttp_server: ServerFactory, proxy_to: Callable[..., Any]
+) -> None:
+    """The header bound ends once the request is in: a slow answer, and a slow download,
+    outlast --client-timeout."""
+    fake = await aiohttp_server(misbehaving_app())
+    client = await proxy_to(fake, client_timeout=0.3, upstream_timeout=5)
+    async with client.get("/dicom-web/studies/9.1/stall?for=1") as response:
+        assert response.status == 200
+        assert await response.text() == "late"

@@ -15,6 +15,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +32,7 @@ from proxy.dicomweb.stow_response import (
 )
 from proxy.dicomweb.uri import InvalidPath, Level, Transaction, check_path, classify
 from proxy.errors import MalformedBody
+from proxy.stow.spool import Kind, kind_of
 
 FAST = settings(
     max_examples=200,
@@ -395,3 +397,26 @@ def test_merge_status_table() -> None:
     assert stow_response.merge([lost], [], study_of={}, base_url="").status == 409
     assert stow_response.merge([BatchReport(400, bad)], [], study_of={}, base_url="").status == 400
     assert isinstance(StowResponse(200, ok, ""), StowResponse)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/related; type=application/dicom; boundary=abc",
+        'multipart/related; type="application/dicom"; boundary="abc"',
+        'multipart/related;boundary=abc;type="application/dicom"',
+        'Multipart/Related; BOUNDARY="abc"; Type=Application/DICOM',
+        'multipart/related; type="application/dicom"; boundary="abc"; start="<1@x>"',
+        "multipart/related; boundary = abc ; type = application/dicom",
+    ],
+)
+def test_quoted_and_unquoted_boundaries_and_types(content_type: str) -> None:
+    """Real clients write these parameters every way RFC 9110 5.6.6 allows (and some it
+    does not: spaces around "=")."""
+    media = multipart.parse_media_type(content_type)
+    assert multipart.boundary_of(media) == "abc"
+    assert kind_of(media) is Kind.DICOM
+    body = b"--abc\r\nContent-Type: application/dicom\r\n\r\nDATA\r\n--abc--"
+    assert read_parts(body, multipart.boundary_of(media), [4]) == [
+        ({"content-type": "application/dicom"}, b"DATA")
+    ]
