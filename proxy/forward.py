@@ -7,7 +7,7 @@ iterator and the response is written chunk by chunk (SPEC section 2).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -151,16 +151,21 @@ async def relay(
 ) -> None:
     """Write ``chunks`` to the prepared response; on a broken upstream body, cut the
     client connection so the client sees an error rather than a short body presented
-    as complete."""
+    as complete.  The source is closed however this ends (a client gone mid-body too),
+    so the files and connections behind it are released now, not when it is collected."""
     stream = rewriter.stream() if response[REWRITE] else None
+    source = aiter(chunks)
     try:
-        async for chunk in chunks:
+        async for chunk in source:
             await response.write(stream.feed(chunk) if stream else chunk)
         if stream:
             await response.write(stream.flush())
     except UpstreamError:
         abort(request)
         raise
+    finally:
+        if isinstance(source, AsyncGenerator):
+            await source.aclose()
     await response.write_eof()
 
 

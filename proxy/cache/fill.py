@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -63,7 +64,9 @@ class Fill:
         self.on_disk: int | None = None
         self._memory = bytearray()
         self._memory_start = 0
-        self._readers: set[FillReader] = set()
+        # Weak: a reader dropped without close() must not be kept alive (and its file
+        # open) by the fill it points back to.
+        self._readers: weakref.WeakSet[FillReader] = weakref.WeakSet()
         self._consumed = asyncio.Event()
 
     @property
