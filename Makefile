@@ -13,7 +13,7 @@ OS_PACKAGES := orthanc orthanc-dicomweb python3-venv chromium
 BENCH_PACKAGES := nginx wrk
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: test lint demo os-packages bench-packages bench venv clean
+.PHONY: test lint demo os-packages bench-packages bench venv clean chaos
 
 venv: $(STAMP)
 
@@ -50,6 +50,11 @@ lint: $(STAMP)
 
 test: os-packages $(STAMP) lint
 	$(BIN)/pytest
+
+# The long chaos run: five minutes of faults (override CHAOS_SECONDS / CHAOS_SEED).
+chaos: os-packages $(STAMP)
+	CHAOS_SECONDS=$${CHAOS_SECONDS:-300} CHAOS_REQUESTS=$${CHAOS_REQUESTS:-10000000} \
+		$(BIN)/pytest -s -p no:cacheprovider tests/test_chaos.py
 
 demo: os-packages $(STAMP)
 	$(BIN)/python -m demo

@@ -50,11 +50,19 @@ def create_app(settings: Settings) -> web.Application:
             auth.inbound_middleware,
         ],
         client_max_size=0,
-        handler_args={"max_field_size": 16384, "max_line_size": 16384},
+        handler_args={
+            "max_field_size": 16384,
+            "max_line_size": 16384,
+            # aiohttp closes a connection whose request has not fully arrived when its
+            # keep-alive timer fires, armed from the connection's start: this bounds how
+            # long a slow client (slowloris) may take to send its headers.
+            "keepalive_timeout": settings.client_timeout,
+        },
     )
     app[SETTINGS] = settings
     app[STOPPING] = asyncio.Event()
     app[STUDIES_CHANGED] = []
+    app[forward.CLIENT_TIMEOUT] = settings.client_timeout
     token = load_admin_token(settings)
     if token:
         app[ADMIN_TOKEN] = token

@@ -8,6 +8,7 @@
      ├── Unauthorized (401)
      ├── Forbidden (403)
      ├── NotFound (404)
+     ├── RequestTimeout (408)
      ├── PayloadTooLarge (413)
      ├── UnsupportedMediaType (415)
      ├── InsufficientStorage (507)
@@ -74,6 +75,13 @@ class Forbidden(ProxyError):
 class NotFound(ProxyError):
     status = 404
     title = "Not found"
+
+
+class RequestTimeout(ProxyError):
+    """The client stopped sending its request body (``--client-timeout``)."""
+
+    status = 408
+    title = "Request timeout"
 
 
 class PayloadTooLarge(ProxyError):

@@ -62,6 +62,10 @@ def request_id(request: web.Request) -> str:
 def relative_raw_path(request: web.Request, base_path: str) -> str:
     """The still-encoded path below the base; refuses traversal (SPEC section 2)."""
     raw = request.raw_path.split("?", 1)[0]
+    if not raw.startswith("/"):
+        # RFC 9112 section 3.2.2: absolute-form is for forward proxies; this one forwards
+        # only to its configured upstream, so a target naming a host is refused.
+        raise BadRequest("absolute-form request targets are not accepted")
     try:
         check_path(raw)
     except InvalidPath as exc:

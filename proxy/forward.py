@@ -6,14 +6,15 @@ iterator and the response is written chunk by chunk (SPEC section 2).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import headers as hdrs
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
-from proxy.errors import PayloadTooLarge, UpstreamError
+from proxy.errors import PayloadTooLarge, ProxyError, RequestTimeout, UpstreamError
 from proxy.exchange import Exchange
 from proxy.upstream import CHUNK, Upstream, iter_body
 
@@ -21,24 +22,59 @@ _COMPRESSIBLE = ("json",)
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 REWRITE = web.ResponseKey("rewrite", bool)
+# --client-timeout, set by create_app: how long a request body may pause.
+CLIENT_TIMEOUT = web.AppKey("client_timeout", float)
 
 
-def request_body(request: web.Request, max_body: int) -> AsyncIterable[bytes] | None:
+def request_body(request: web.Request, max_body: int) -> ClientBody | None:
     """The client body as a stream, bounded by ``--max-body`` (413 beyond it)."""
     if not request.body_exists:
         return None
     if max_body and (request.content_length or 0) > max_body:
         raise PayloadTooLarge(f"the request body exceeds {max_body} bytes")
-    return _bounded(request, max_body)
+    return ClientBody(request, max_body)
 
 
-async def _bounded(request: web.Request, max_body: int) -> AsyncIterator[bytes]:
-    seen = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
-        seen += len(chunk)
-        if max_body and seen > max_body:
-            raise PayloadTooLarge(f"the request body exceeds {max_body} bytes")
-        yield chunk
+class ClientBody:
+    """The client's body, bounded in size and idle time.
+
+    Idle-bounded: a client that pauses longer than ``--client-timeout`` mid-body (a
+    slow-body attack, or a client gone without a FIN) gets 408, not a held slot.  The
+    error is also kept in :attr:`error`: streamed to the upstream, it surfaces from the
+    HTTP client as a broken upstream connection, and the client's fault must win.
+    """
+
+    def __init__(self, request: web.Request, max_body: int) -> None:
+        self._request = request
+        self._max_body = max_body
+        self.error: ProxyError | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._bounded():
+                yield chunk
+        except ProxyError as exc:
+            self.error = exc
+            raise
+
+    async def _bounded(self) -> AsyncIterator[bytes]:
+        seen, max_body = 0, self._max_body
+        idle = self._request.app.get(CLIENT_TIMEOUT)
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await self._request.content.read(CHUNK)
+            except TimeoutError:
+                raise RequestTimeout(f"no request body bytes for {idle or 0:g} s") from None
+            if not chunk:
+                return
+            seen += len(chunk)
+            if max_body and seen > max_body:
+                raise PayloadTooLarge(f"the request body exceeds {max_body} bytes")
+            yield chunk
 
 
 async def forward(
@@ -51,6 +87,21 @@ async def forward(
 ) -> web.StreamResponse:
     """Pass one request through, uncached (``x_cache`` says why, on cacheable ones)."""
     body = request_body(request, max_body)
+    try:
+        return await _exchange(request, exchange, upstream, body, x_cache)
+    except UpstreamError:
+        if body is not None and body.error is not None:
+            raise body.error from None
+        raise
+
+
+async def _exchange(
+    request: web.Request,
+    exchange: Exchange,
+    upstream: Upstream,
+    body: ClientBody | None,
+    x_cache: str | None,
+) -> web.StreamResponse:
     async with upstream.request(
         request.method, exchange.upstream_url, exchange.upstream_headers, body
     ) as response:
@@ -100,16 +151,21 @@ async def relay(
 ) -> None:
     """Write ``chunks`` to the prepared response; on a broken upstream body, cut the
     client connection so the client sees an error rather than a short body presented
-    as complete."""
+    as complete.  The source is closed however this ends (a client gone mid-body too),
+    so the files and connections behind it are released now, not when it is collected."""
     stream = rewriter.stream() if response[REWRITE] else None
+    source = aiter(chunks)
     try:
-        async for chunk in chunks:
+        async for chunk in source:
             await response.write(stream.feed(chunk) if stream else chunk)
         if stream:
             await response.write(stream.flush())
     except UpstreamError:
         abort(request)
         raise
+    finally:
+        if isinstance(source, AsyncGenerator):
+            await source.aclose()
     await response.write_eof()
 
 

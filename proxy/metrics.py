@@ -330,7 +330,11 @@ def setup(app: web.Application, settings: Settings) -> None:
     """Create the app's metrics and serve ``/metrics`` (main port or ``--metrics-listen``)."""
     app[METRICS] = Metrics(multiprocess_dir(settings))
     if settings.metrics_listen:
-        app.cleanup_ctx.append(_separate_listener(settings.metrics_listen, settings.workers > 1))
+        app.cleanup_ctx.append(
+            _separate_listener(
+                settings.metrics_listen, settings.workers > 1, settings.client_timeout
+            )
+        )
     else:
         app.router.add_get("/metrics", metrics_endpoint)
 
@@ -347,12 +351,13 @@ _OWNER = web.AppKey("metrics_owner", web.Application)
 
 
 def _separate_listener(
-    listen: str, reuse_port: bool
+    listen: str, reuse_port: bool, client_timeout: float
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """``--metrics-listen``: a second small server that serves ``/metrics`` only.
 
     A runner of its own (rather than a second site of the main one) keeps DICOMweb off
     the metrics port.  Workers share the port with ``SO_REUSEPORT`` like the main one.
+    ``--client-timeout`` bounds slow clients here too (see ``create_app``).
     """
     host, _, port = listen.rpartition(":")
 
@@ -360,7 +365,7 @@ def _separate_listener(
         metrics_app = web.Application()
         metrics_app[_OWNER] = app
         metrics_app.router.add_get("/metrics", metrics_endpoint)
-        runner = web.AppRunner(metrics_app, access_log=None)
+        runner = web.AppRunner(metrics_app, access_log=None, keepalive_timeout=client_timeout)
         await runner.setup()
         site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_port=reuse_port or None)
         await site.start()

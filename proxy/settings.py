@@ -371,6 +371,15 @@ class Settings:
         default=30.0,
         metadata=opt("how long in-flight requests may finish on SIGTERM", parse_duration),
     )
+    client_timeout: float = field(
+        default=60.0,
+        metadata=opt(
+            "a client must send its request headers within this long (and an idle "
+            "keep-alive connection is closed after it); a request body may pause at most "
+            "this long (408)",
+            parse_duration,
+        ),
+    )
 
     # -- derived paths -----------------------------------------------------------
 

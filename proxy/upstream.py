@@ -22,6 +22,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.auth.credentials import Credentials
+from proxy.dicomweb.ending import end_check
 from proxy.errors import UpstreamError, UpstreamInvalid, UpstreamTimeout, UpstreamUnreachable
 from proxy.settings import Settings
 
@@ -158,12 +159,23 @@ async def iter_body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
 
     aiohttp checks ``Content-Length`` and chunked framing and raises
     ``ClientPayloadError`` when the connection drops early; a close-delimited body that
-    stops early cannot be told from a complete one, which is why the cache also checks
-    multipart closing boundaries.
+    stops early cannot be told from a complete one by HTTP, so its multipart closing
+    boundary or JSON structure is checked (:mod:`proxy.dicomweb.ending`).
     """
+    check = None if _framed(response) else end_check(response.headers)
     with translate_errors():
         async for chunk in response.content.iter_chunked(CHUNK):
+            if check is not None:
+                check.feed(chunk)
             yield chunk
+    if check is not None and not check.whole():
+        raise UpstreamInvalid("the upstream closed the connection before the body ended")
+
+
+def _framed(response: aiohttp.ClientResponse) -> bool:
+    """Length or chunked framing: aiohttp itself notices a body cut short."""
+    headers = response.headers
+    return "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "")
 
 
 async def read_bounded(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:

@@ -87,3 +87,7 @@ def test_media_type_parsing() -> None:
     assert main == "multipart/related"
     assert params == {"type": "application/dicom", "boundary": "a;b"}
     assert normalize_accept(None) == "*/*"
+
+
+def test_empty_media_ranges_do_not_change_the_key() -> None:
+    assert normalize_accept("application/dicom,;q=1, ,") == normalize_accept("application/dicom")

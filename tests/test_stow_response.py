@@ -164,3 +164,7 @@ def test_empty_retrieve_url_and_sequences_left_out() -> None:
     document = json.loads(sr.to_json(response))
     assert document["00081190"] == {"vr": "UR"}
     assert "00081199" not in document
+
+
+def test_nesting_deeper_than_the_recursion_limit_is_unreadable_not_a_crash() -> None:
+    assert sr.parse(b"[" * 100_000, "application/dicom+json") is None

@@ -111,3 +111,35 @@ def test_check_path_refuses_traversal(raw: str) -> None:
 
 def test_check_path_accepts_ordinary_paths() -> None:
     check_path(f"/dicom-web/studies/{S}/series/{SE}/instances/{SOP}/frames/1,2")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["studies/1.2%0d%0aX-Injected:%201", "studies/%00", "studies/1.2\r\nX: y", "a%7f", "a%1B"],
+)
+def test_control_characters_refused_literal_or_encoded(raw: str) -> None:
+    with pytest.raises(InvalidPath):
+        check_path(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "..;/admin",
+        "x/.%2e;jsessionid=1/y",
+        ".;",
+        "%252e%252e",
+        "%252F",
+        "%c0%ae%c0%ae",
+        "%C1%9C",
+        "%e0%80%ae",
+    ],
+)
+def test_disguised_dot_segments_refused(raw: str) -> None:
+    with pytest.raises(InvalidPath):
+        check_path(raw)
+
+
+@pytest.mark.parametrize("raw", ["studies/1.2;x=1", "a/b.c", "%25", "%e2%82%ac", "studies/...."])
+def test_lookalikes_that_are_not_traversal_pass(raw: str) -> None:
+    check_path(raw)

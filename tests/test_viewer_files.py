@@ -85,6 +85,9 @@ async def test_static_types_and_caching(
     assert response.status == 200
     assert response.headers["Content-Type"].split(";")[0] == content_type
     assert response.headers["Cache-Control"] == cache_control
+    # Read to the end: a FileResponse cut off by the test's teardown may close its file
+    # only after the loop closed (a ResourceWarning in whichever test runs next).
+    await response.read()
 
 
 async def test_unknown_route_falls_back_to_index(viewer_client: MakeClient) -> None:

@@ -12,13 +12,20 @@ temp file as it grows, starting from the first byte.  The fill sequence:
 
 Nothing is ever renamed into the store before step 3, so no reader of the store can
 see a truncated body, and a crash leaves only ``tmp/`` files, removed at start-up.
+
+When the cache disk fills up mid-body (ENOSPC), the fill *spills*: the rest of the body
+goes to its readers through a small in-memory window instead of the file, at the pace
+of the slowest reader, and is never committed.  The cache stops filling; the clients
+still get every byte (SPEC section 3: a full disk never stops serving).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -31,6 +38,8 @@ from proxy.dicomweb.media import parse_media_type
 from proxy.errors import ProxyError, UpstreamInvalid
 from proxy.upstream import CHUNK, iter_body
 
+# Bytes a spilled fill may hold in memory ahead of its slowest reader.
+SPILL_WINDOW = 4 * CHUNK
 Opener = Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]
 Committer = Callable[["Fill"], Awaitable[None]]
 
@@ -51,6 +60,19 @@ class Fill:
         self._progress = asyncio.Event()
         self._fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._tail = b""
+        # Spilling (disk full): bytes [0, on_disk) are in the file, the rest from
+        # ``_memory_start`` in ``_memory``; readers report what they consumed.
+        self.on_disk: int | None = None
+        self._memory = bytearray()
+        self._memory_start = 0
+        # Weak: a reader dropped without close() must not be kept alive (and its file
+        # open) by the fill it points back to.
+        self._readers: weakref.WeakSet[FillReader] = weakref.WeakSet()
+        self._consumed = asyncio.Event()
+
+    @property
+    def spilled(self) -> bool:
+        return self.on_disk is not None
 
     async def run(self, open_response: Opener, commit: Committer) -> None:
         """Steps 1-4 of the module docstring; never raises (errors go to readers)."""
@@ -60,7 +82,7 @@ class Fill:
                 self.headers = CIMultiDict(response.headers)
                 self.headers_ready.set()
                 await self._copy_body(response)
-                self.complete = self._is_complete(response)
+                self.complete = self._is_complete(response) and not self.spilled
                 if self.complete is None:
                     raise UpstreamInvalid("the multipart body ended before its closing boundary")
         except ProxyError as exc:
@@ -76,12 +98,59 @@ class Fill:
 
     async def _copy_body(self, response: aiohttp.ClientResponse) -> None:
         async for chunk in iter_body(response):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            self._store(chunk)
             self.written += len(chunk)
             self._tail = (self._tail + chunk)[-256:]
             self._wake()
+            if self.spilled:
+                await self._wait_for_readers()
+
+    def _store(self, chunk: bytes) -> None:
+        """To the file; once the disk is full, to the memory window."""
+        view = memoryview(chunk)
+        if not self.spilled:
+            try:
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self.on_disk = self.written + len(chunk) - len(view)
+                self._memory_start = self.on_disk
+        self._memory += view
+
+    async def _wait_for_readers(self) -> None:
+        """Backpressure: hold the upstream until the slowest reader is within the window."""
+        while True:
+            if not self._readers:
+                raise UpstreamInvalid("the cache disk is full and no client is left")
+            self._trim()
+            if len(self._memory) <= SPILL_WINDOW:
+                return
+            self._consumed.clear()
+            await self._consumed.wait()
+
+    def _trim(self) -> None:
+        slowest = min(reader.offset for reader in self._readers)
+        drop = min(max(0, slowest - self._memory_start), len(self._memory))
+        del self._memory[:drop]
+        self._memory_start += drop
+
+    def read_at(self, fd: int, offset: int, size: int) -> bytes:
+        """Up to ``size`` written bytes from ``offset``: from the file or the window."""
+        if self.on_disk is None or offset < self.on_disk:
+            end = self.written if self.on_disk is None else self.on_disk
+            return os.pread(fd, min(size, end - offset), offset)
+        start = offset - self._memory_start
+        return bytes(self._memory[start : start + size])
+
+    def attach(self, reader: FillReader) -> None:
+        self._readers.add(reader)
+
+    def consumed(self, reader: FillReader, *, closed: bool = False) -> None:
+        if closed:
+            self._readers.discard(reader)
+        self._consumed.set()
 
     def _is_complete(self, response: aiohttp.ClientResponse) -> bool | None:
         """Step 3.  A close-delimited body that stops early looks complete to HTTP, so
@@ -119,18 +188,22 @@ class FillReader:
     def __init__(self, fill: Fill, handle: BinaryIO) -> None:
         self._fill = fill
         self._handle = handle
+        self.offset = 0  # bytes handed out so far
+        fill.attach(self)
 
     def close(self) -> None:
         self._handle.close()
+        self._fill.consumed(self, closed=True)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        fill, offset = self._fill, 0
+        fill = self._fill
         try:
             while True:
-                if offset < fill.written:
-                    size = min(CHUNK, fill.written - offset)
-                    chunk = os.pread(self._handle.fileno(), size, offset)
-                    offset += len(chunk)
+                if self.offset < fill.written:
+                    size = min(CHUNK, fill.written - self.offset)
+                    chunk = fill.read_at(self._handle.fileno(), self.offset, size)
+                    self.offset += len(chunk)
+                    fill.consumed(self)
                     yield chunk
                 elif fill.done:
                     if fill.error is not None:

@@ -199,6 +199,11 @@ class Cache:
             if served is not None:
                 return served
             claimed = None  # evicted meanwhile: fill it again
+        if isinstance(claimed, Fill) and claimed.spilled:
+            # The disk filled up under that fill: it cannot replay its start to a newcomer.
+            return await forward.forward(
+                request, exchange, self.upstream, 0, x_cache=result.upper()
+            )
         if isinstance(claimed, Fill):
             fill = claimed
         elif free_bytes(self.store.tmp) < MIN_FREE_BYTES:
@@ -367,10 +372,8 @@ class Cache:
                 return 0
             if response.status != 200:
                 raise UpstreamInvalid(f"count query answered {response.status}")
-            found = json.loads(await read_bounded(response, 1024 * 1024, "count query"))
-        if not found:
-            return 0
-        return int(found[0]["00201208"]["Value"][0])
+            body = await read_bounded(response, 1024 * 1024, "count query answer")
+        return _instance_count(body)
 
     def _state_key(self, policy: Policy) -> str:
         return f"state|{self.settings.upstream_url}|{policy.partition}|{policy.study}"
@@ -425,6 +428,16 @@ def _from_memory(template: web.StreamResponse, body: BinaryIO, rewriter: Rewrite
     if template.compression:
         response.enable_compression(web.ContentCoding.gzip)
     return response
+
+
+def _instance_count(body: bytes) -> int:
+    """NumberOfStudyRelatedInstances (0020,1208) of the first match; an answer without
+    it (an upstream that ignores ``includefield``) is invalid, not a crash."""
+    try:
+        found = json.loads(body)
+        return int(found[0]["00201208"]["Value"][0]) if found else 0
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise UpstreamInvalid("the study count query answer has no instance count") from exc
 
 
 def _storable(fill: Fill) -> bool:

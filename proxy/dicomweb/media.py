@@ -39,9 +39,9 @@ def normalize_accept(value: str | None) -> str:
         return "*/*"
     ranges = []
     for item in _split_outside_quotes(value, ","):
-        if not item.strip():
-            continue
         main, params = parse_media_type(item)
+        if not main:  # "a/b,;q=1": an empty range would make a different key
+            continue
         kept = [f"{name}={params[name]}" for name in _REPRESENTATION_PARAMS if name in params]
         ranges.append(";".join([main, *kept]))
     return ",".join(sorted(set(ranges))) or "*/*"

@@ -182,11 +182,12 @@ def merge(
 
 def parse(body: bytes, content_type: str) -> StowResult | None:
     """The items of an upstream STOW response in DICOM JSON or Native DICOM XML; None
-    when the body is neither."""
+    when the body is neither.  The body is the upstream's, so untrusted: nesting deep
+    enough to exhaust the recursion limit is unreadable too, not a crash."""
     is_xml = "xml" in content_type.lower()
     try:
         return parse_xml(body) if is_xml else parse_json(body)
-    except (ValueError, TypeError, KeyError, AttributeError, ET.ParseError):
+    except (ValueError, TypeError, KeyError, AttributeError, ET.ParseError, RecursionError):
         return None
 
 

@@ -16,6 +16,12 @@ from urllib.parse import unquote
 # PS3.5 section 9.1: digits and dots, no leading zero per component, at most 64 chars.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _RENDERED = frozenset({"rendered", "thumbnail"})
+# C0 controls and DEL, literal or percent-encoded: no DICOMweb path needs them, and a
+# CR/LF or NUL that an upstream decodes could split a header line or end a string.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]|%(?:[01][0-9a-fA-F]|7[fF])")
+# What an upstream that decodes twice, or leniently, reads as a dot or a slash: double
+# percent-encoding (%252e), and overlong UTF-8 (%c0%ae, %e0%80%ae), never valid UTF-8.
+_DISGUISED = re.compile(r"%25(?:2e|2f|5c|00)|%c[01]|%e0%[89]|%f0%8", re.IGNORECASE)
 
 
 class InvalidPath(ValueError):
@@ -67,14 +73,21 @@ def is_valid_uid(text: str) -> bool:
 def check_path(raw_path: str) -> None:
     """Refuse any path that could climb out of the base (SPEC section 2).
 
-    ``..`` and ``.`` segments, encoded or not, and encoded slashes or backslashes are
-    refused before anything is forwarded.
+    ``..`` and ``.`` segments, encoded or not, with path parameters or not, encoded
+    slashes or backslashes, double or overlong encodings of them, and control characters
+    (CR, LF, NUL, ...) are refused before anything is forwarded.
     """
     lowered = raw_path.lower()
-    if "%2f" in lowered or "%5c" in lowered or "\\" in raw_path or "%00" in lowered:
-        raise InvalidPath("encoded slash, backslash or NUL in the path")
+    if "%2f" in lowered or "%5c" in lowered or "\\" in raw_path:
+        raise InvalidPath("encoded slash or backslash in the path")
+    if _CONTROL.search(raw_path):
+        raise InvalidPath("control character in the path")
+    if _DISGUISED.search(raw_path):
+        raise InvalidPath("double-encoded or overlong-encoded character in the path")
     for segment in raw_path.split("/"):
-        if unquote(segment) in {".", ".."}:
+        # RFC 3986 3.3: ";" starts path parameters, which servlet containers (Tomcat,
+        # Undertow: dcm4chee) strip before resolving dot segments, so "..;x" is "..".
+        if unquote(segment).split(";", 1)[0] in {".", ".."}:
             raise InvalidPath("dot segments are not allowed in the path")
 
 

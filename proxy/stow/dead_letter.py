@@ -60,6 +60,13 @@ class DeadLetter:
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".{record.id}"
         staging.mkdir()
+        try:
+            return self._fill(staging, instance, record)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # no half-kept entry
+            raise
+
+    def _fill(self, staging: Path, instance: Instance, record: Record) -> Record:
         for number, part in enumerate(instance.parts):
             name = f"part-{number:06d}"
             _link_or_copy(part.path, staging / name)

@@ -171,7 +171,16 @@ async def keep_failures(
                 attempts=batch_sent.attempts,
                 detail=batch_sent.detail,
             )
-            await loop.run_in_executor(None, dead_letter.keep, instance, kind, record)
+            try:
+                await loop.run_in_executor(None, dead_letter.keep, instance, kind, record)
+            except OSError as exc:
+                # Still in the client's FailedSOPSequence: reported, if not kept.
+                log.error(
+                    "STOW: could not keep a failed instance in the dead letter: %s [%s]",
+                    exc.strerror,
+                    request.request_id,
+                )
+                continue
             kept += 1
     return kept
 

@@ -174,10 +174,14 @@ async def _write(
 
 
 def _identify(kind: Kind, parts: list[SpooledPart], result: Spooled) -> None:
-    if kind is Kind.JSON:
-        _identify_json(parts, result)
-    else:
-        _identify_xml(parts, result)
+    try:
+        if kind is Kind.JSON:
+            _identify_json(parts, result)
+        else:
+            _identify_xml(parts, result)
+    except RecursionError:
+        # The client's metadata is nested deeper than any DICOM data set can be.
+        raise MalformedBody("a metadata part is nested too deeply") from None
 
 
 def _add(result: Spooled, instance: Instance | None) -> None:
@@ -272,8 +276,12 @@ def _referenced_parts(uris: Iterable[str], bulk: dict[str, SpooledPart]) -> tupl
 
 
 def _json_uid(item: dict[str, Any], tag: str) -> str:
-    values = (item.get(tag) or {}).get("Value") or [""]
-    return str(values[0])
+    """A UI element's first value (PS3.18 F.2.2); anything else shaped is no UID."""
+    element = item.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    if isinstance(values, list) and values and isinstance(values[0], str):
+        return values[0]
+    return ""
 
 
 def _xml_uid(root: ET.Element, tag: str) -> str:

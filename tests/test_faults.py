@@ -1,0 +1,351 @@
+"""Upstream and resource faults the chaos test found or the issue lists, one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from proxy.app import create_app
+from proxy.cache import fill as fill_module
+from proxy.cache import service as cache_service
+from proxy.cache.store import free_bytes
+from proxy.stow import dead_letter as dead_letter_module
+from tests.dicomgen import make_study
+from tests.orthanc import Orthanc, free_port
+from tests.relay import Faults as StowFaults
+from tests.relay import Relay as StowRelay
+from tests.support import make_settings
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+METADATA = '[{"00080018": {"vr": "UI", "Value": ["1.2.3"]}}, {"00080018": {"vr": "UI"}}]'
+
+
+class CloseDelimited:
+    """An origin that answers JSON close-delimited (no length, not chunked), whole or cut."""
+
+    def __init__(self) -> None:
+        self.cut = True
+        self.requests = 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/dicom-web"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        self.requests += 1
+        body = METADATA.encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\n")
+        writer.write(b"Connection: close\r\n\r\n" + (body[: len(body) // 2] if self.cut else body))
+        await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[tuple[CloseDelimited, str]]:
+    server = CloseDelimited()
+    url = await server.start()
+    yield server, url
+    server.server.close()
+
+
+@pytest.mark.parametrize("cached", [True, False])
+async def test_cut_close_delimited_json_is_an_error_not_a_short_body(
+    aiohttp_client: ClientFactory, tmp_path: Path, origin: tuple[CloseDelimited, str], cached: bool
+) -> None:
+    server, url = origin
+    settings = make_settings(url, tmp_path / "data", no_cache=not cached)
+    client = await aiohttp_client(create_app(settings))
+    path = "/dicom-web/studies/1.2/series/1.3/instances/1.4/metadata"
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with client.get(path) as response:
+            await response.read()
+    server.cut = False
+    async with client.get(path) as response:
+        assert await response.text() == METADATA
+    assert server.requests == 2
+
+
+async def test_a_count_answer_without_the_count_is_an_upstream_fault_not_a_500(
+    aiohttp_client: ClientFactory, aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Revalidation asks QIDO for NumberOfStudyRelatedInstances; an upstream that leaves
+    it out (or answers garbage) makes the entry expired, and the proxy refetches."""
+    answers = {"count": '[{"00201208": {"vr": "IS", "Value": [1]}}]'}
+    hits = {"metadata": 0}
+
+    async def metadata(request: web.Request) -> web.Response:
+        hits["metadata"] += 1
+        return web.Response(text=METADATA, content_type="application/dicom+json")
+
+    async def qido(request: web.Request) -> web.Response:
+        return web.Response(text=answers["count"], content_type="application/dicom+json")
+
+    app = web.Application()
+    app.router.add_get("/dicom-web/studies/1.2/metadata", metadata)
+    app.router.add_get("/dicom-web/studies", qido)
+    server = await aiohttp_server(app)
+    settings = make_settings(
+        str(server.make_url("/dicom-web")), tmp_path / "data", metadata_ttl=0.05
+    )
+    client = await aiohttp_client(create_app(settings))
+    async with client.get("/dicom-web/studies/1.2/metadata") as response:
+        assert response.status == 200 and response.headers["X-Cache"] == "MISS"
+        await response.read()
+    for broken in ("[{}]", '[{"00201208": {"vr": "IS"}}]', "[", '{"a": 1}'):
+        answers["count"] = broken
+        await asyncio.sleep(0.1)  # past --metadata-ttl: the next request revalidates
+        async with client.get("/dicom-web/studies/1.2/metadata") as response:
+            assert response.status == 200, broken
+            assert await response.text() == METADATA
+
+
+# -- the cache disk full ------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs (root may mount one; this sandbox allows it).  Where mounting is
+    not permitted the test skips, and the ``free_bytes`` variant below still runs."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def _serve_instances(aiohttp_server: Callable[..., Any], size: int) -> Any:
+    async def instance(request: web.Request) -> web.Response:
+        return web.Response(body=_body(request.match_info["sop"], size))
+
+    app = web.Application()
+    app.router.add_get("/dicom-web/studies/1.2/series/1.3/instances/{sop}", instance)
+    return await aiohttp_server(app)
+
+
+def _body(sop: str, size: int = 6 * 1024**2) -> bytes:
+    return (sop.encode() * size)[:size]
+
+
+async def _x_cache(client: TestClient[Any, Any], sop: str) -> tuple[str, bytes]:
+    async with client.get(f"/dicom-web/studies/1.2/series/1.3/instances/{sop}") as response:
+        assert response.status == 200
+        return response.headers["X-Cache"], await response.read()
+
+
+async def test_full_cache_disk_stops_filling_and_keeps_serving(
+    aiohttp_client: ClientFactory,
+    aiohttp_server: Callable[..., Any],
+    tmp_path: Path,
+    small_disk: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real full disk (tmpfs): hits keep coming from the cache; a miss is forwarded and
+    not cached, and when a fill runs out of space mid-body the client still gets the
+    whole body; nothing is left in tmp/."""
+    monkeypatch.setattr(cache_service, "MIN_FREE_BYTES", 4 * 1024**2)
+    server = await _serve_instances(aiohttp_server, 6 * 1024**2)
+    settings = make_settings(
+        str(server.make_url("/dicom-web")), tmp_path / "data", cache_dir=str(small_disk)
+    )
+    client = await aiohttp_client(create_app(settings))
+    assert (await _x_cache(client, "1.1"))[0] == "MISS"
+    assert (await _x_cache(client, "1.1"))[0] == "HIT"
+    # Leave 5 MiB: above the threshold, so the next fill starts, and runs out mid-body.
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (free_bytes(small_disk) - 5 * 1024**2))
+    cache, body = await _x_cache(client, "2.22")
+    assert cache == "MISS" and body == _body("2.22")
+    # Now below the threshold: misses are forwarded without a fill.
+    ballast.write_bytes(b"\0" * (ballast.stat().st_size + free_bytes(small_disk) - 1024**2))
+    for _ in range(2):
+        cache, body = await _x_cache(client, "3.333")
+        assert cache == "MISS" and body == _body("3.333")
+    hit, body = await _x_cache(client, "1.1")
+    assert hit == "HIT" and body == _body("1.1")
+    assert list((small_disk / "tmp").iterdir()) == []
+
+
+async def test_disk_full_mid_fill_without_a_tmpfs(
+    aiohttp_client: ClientFactory,
+    aiohttp_server: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same fault where no tmpfs can be mounted: ``os.write`` in the fill fails with
+    ENOSPC after 1 MiB.  Two clients share the fill (single flight); both get every
+    byte, the entry is not committed, tmp/ is empty; the next request fills normally."""
+    written = {"bytes": 0, "limit": 1024**2}
+    real_write = fill_module.os.write
+
+    def write(fd: int, data: Any) -> int:
+        if written["bytes"] + len(data) > written["limit"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written["bytes"] += len(data)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(fill_module.os, "write", write)
+    server = await _serve_instances(aiohttp_server, 6 * 1024**2)
+    settings = make_settings(str(server.make_url("/dicom-web")), tmp_path / "data")
+    client = await aiohttp_client(create_app(settings))
+    results = await asyncio.gather(*(_x_cache(client, "4.4") for _ in range(2)))
+    assert [body == _body("4.4") for _, body in results] == [True, True]
+    assert list((tmp_path / "data" / "cache" / "tmp").iterdir()) == []
+    written["limit"] = 10**12
+    assert (await _x_cache(client, "4.4"))[0] == "MISS"
+    assert (await _x_cache(client, "4.4"))[0] == "HIT"
+
+
+# -- kill -9 mid-upload -------------------------------------------------------------------
+
+
+def _serve(upstream: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "proxy", "serve", "--upstream-url", upstream]
+    command += ["--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _ready(port: int) -> bool:
+    async def up() -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    deadline = time.monotonic() + 20
+    while not await up():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_kill_9_mid_upload_leaves_a_clean_spool_and_sends_nothing(
+    orthanc: Orthanc, tmp_path: Path
+) -> None:
+    relay = StowRelay(orthanc.dicomweb).start()
+    port, data_dir = free_port(), tmp_path / "data"
+    study = make_study(1, 4, rows=64, columns=64)
+    boundary = "kill-9-boundary"
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+            for _, _, data in study.instances
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    head = (
+        "POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/related; "
+        f'type="application/dicom"; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n'
+    ).encode()
+    spool = data_dir / "spool"
+    proxy = _serve(relay.dicomweb, data_dir, port)
+    try:
+        assert await _ready(port)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + body[: len(body) * 3 // 4])  # three instances and a bit
+        await writer.drain()
+        assert await _until(lambda: spool.exists() and any(p.is_file() for p in spool.rglob("*")))
+        proxy.send_signal(signal.SIGKILL)
+        proxy.wait(10)
+        writer.close()
+        assert any(p.is_file() for p in spool.rglob("*")), "the kill left spool files"
+        proxy = _serve(relay.dicomweb, data_dir, port)
+        assert await _ready(port)
+        assert not [p for p in spool.rglob("*") if p.is_file()]
+        assert relay.received == []  # nothing half-sent, and nothing resent after restart
+        assert not (set(_stored(orthanc, study.uid)))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/dicom-web/studies",
+                data=body,
+                headers={"Content-Type": head.decode().split("Content-Type: ")[1].split("\r\n")[0]},
+            ) as response,
+        ):
+            assert response.status == 200
+        assert _stored(orthanc, study.uid) == {sop for _, sop, _ in study.instances}
+    finally:
+        proxy.kill()
+        proxy.wait(10)
+        relay.stop()
+
+
+def _stored(orthanc: Orthanc, study_uid: str) -> set[str]:
+    try:
+        found = orthanc.get_json(f"/dicom-web/studies/{study_uid}/instances")
+    except Exception:
+        return set()
+    return {item["00080018"]["Value"][0] for item in found}  # type: ignore[union-attr]
+
+
+# -- the dead-letter disk full ------------------------------------------------------------
+
+
+async def test_full_dead_letter_disk_still_reports_every_failure(
+    aiohttp_client: ClientFactory,
+    orthanc: Orthanc,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The upstream keeps failing and the dead letter cannot be written: the client still
+    gets its merged answer naming every instance as failed, and no half-kept entry or
+    spool file stays behind."""
+
+    def full(source: Path, target: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dead_letter_module, "_link_or_copy", full)
+    relay = StowRelay(orthanc.dicomweb, faults=StowFaults(fail_always=True)).start()
+    try:
+        settings = make_settings(
+            relay.dicomweb, tmp_path / "data", stow_retries=1, stow_retry_delay=0.01
+        )
+        client = await aiohttp_client(create_app(settings))
+        study = make_study(1, 3, rows=16, columns=16)
+        body = (
+            b"".join(
+                b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
+                for _, _, data in study.instances
+            )
+            + b"--b--\r\n"
+        )
+        headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}
+        async with client.post("/dicom-web/studies", data=body, headers=headers) as response:
+            assert response.status == 409
+            document = await response.json(content_type=None)
+        failed = {item["00081155"]["Value"][0] for item in document["00081198"]["Value"]}
+        assert failed == {sop for _, sop, _ in study.instances}
+        dead_letter = settings.dead_letter_path
+        assert not dead_letter.exists() or list(dead_letter.iterdir()) == []
+        assert not any(p.is_file() for p in settings.spool_path.rglob("*"))
+    finally:
+        relay.stop()
