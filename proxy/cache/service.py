@@ -31,8 +31,8 @@ from proxy.cache.fill import Fill, FillReader, file_chunks
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
-from proxy.cache.sendfile import SENDFILE_FROM, StoredBody
 from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
+from proxy.cache.stored import JOIN_BELOW, SENDFILE_FROM, StoredBody
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
 from proxy.errors import ProxyError, UpstreamError, UpstreamInvalid, UpstreamTimeout
 from proxy.exchange import Exchange
@@ -140,9 +140,10 @@ class Cache:
         if _not_modified(request, meta.etag):
             body.close()
             return web.Response(status=304, headers=_validators(response))
-        if meta.size < SENDFILE_FROM:
+        plain = not response[forward.REWRITE] and not response.compression
+        if meta.size < SENDFILE_FROM and not (plain and meta.size >= JOIN_BELOW):
             return _from_memory(response, body, exchange.rewriter)
-        if not response[forward.REWRITE] and not response.compression:
+        if plain:
             return StoredBody(body, meta.size, status=meta.status, headers=response.headers)
         try:
             await response.prepare(request)
@@ -416,8 +417,8 @@ class Cache:
 
 
 def _from_memory(template: web.StreamResponse, body: BinaryIO, rewriter: Rewriter) -> web.Response:
-    """A small stored body read whole: one write sends headers and body together, and a
-    rewrite is one pass over bytes rather than a stream."""
+    """A small stored body, or one to rewrite or compress, read whole: one write sends
+    headers and body together, and a rewrite is one pass over bytes, not a stream."""
     with body:
         data = body.read()
     if template[forward.REWRITE]:
