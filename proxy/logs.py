@@ -97,9 +97,16 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         status = exc.status
         raise
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
         status = 499  # the client went away before the end (nginx's convention)
         raise
+    except ConnectionResetError:
+        # The client went away mid-response: nothing to report to anyone.  Raising
+        # would make aiohttp log an "Error handling request" traceback for it.
+        status = 499
+        if request.transport is not None:
+            request.transport.abort()
+        return response or web.Response(status=499)
     finally:
         _TIMING.reset(token)
         seconds = time.perf_counter() - started

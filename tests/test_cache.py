@@ -497,3 +497,23 @@ async def test_study_entries_are_kept_when_the_count_answer_arrives_in_pieces(
     assert (await client.get(path)).headers["X-Cache"] == "MISS"
     await settle(client)
     assert (await client.get(path)).headers["X-Cache"] == "HIT"
+
+
+async def test_one_stored_body_rewritten_for_each_host_name(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    """Stored as the upstream sent it, rewritten per request: no host leaks to another."""
+    counting, server = relay
+    client = await proxy_to(dicomweb(server))
+    path = f"/dicom-web/studies/{study.uid}/metadata"
+    await (await client.get(path)).read()
+    await settle(client)
+    for _ in range(2):  # the second round comes from the rewritten bodies kept in memory
+        for host in ("viewer-a.example:8080", "viewer-b.example"):
+            hit = await client.get(path, headers={"Host": host})
+            assert hit.headers["X-Cache"] == "HIT"
+            text = await hit.text()
+            assert f"http://{host}/dicom-web/studies/{study.uid}" in text
+            other = "viewer-b.example" if host.startswith("viewer-a") else "viewer-a.example"
+            assert other not in text and str(server.port) not in text
+    assert counting.total(path) == 1

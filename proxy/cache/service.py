@@ -31,6 +31,7 @@ from proxy.cache.fill import Fill, FillReader, file_chunks
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
+from proxy.cache.rewritten import Rewritten
 from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
 from proxy.cache.stored import JOIN_BELOW, SENDFILE_FROM, StoredBody
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
@@ -53,6 +54,7 @@ class Cache:
         self.upstream = upstream
         self.results: Counter[str] = Counter()
         self._fills: dict[str, Fill] = {}
+        self.rewritten = Rewritten()
         self.locks = KeyLocks(store.directory / "locks") if settings.workers > 1 else None
         self.readahead = (
             ReadAhead(settings.prefetch, upstream, self.warm)
@@ -142,7 +144,7 @@ class Cache:
             return web.Response(status=304, headers=_validators(response))
         plain = not response[forward.REWRITE] and not response.compression
         if meta.size < SENDFILE_FROM and not (plain and meta.size >= JOIN_BELOW):
-            return _from_memory(response, body, exchange.rewriter)
+            return _from_memory(response, self._small_body(hit, body, exchange.rewriter, plain))
         if plain:
             return StoredBody(body, meta.size, status=meta.status, headers=response.headers)
         try:
@@ -153,6 +155,18 @@ class Cache:
             body.close()
         await response.write_eof()
         return response
+
+    def _small_body(self, hit: Hit, body: BinaryIO, rewriter: Rewriter, plain: bool) -> bytes:
+        """The body as sent; a rewritten one from memory once it was rewritten once."""
+        with body:
+            if plain:
+                return body.read()
+            public = rewriter.public_base
+            data = self.rewritten.get(str(hit.path), public)
+            if data is None:
+                data = rewriter.rewrite_bytes(body.read()) if hit.meta.rewrite else body.read()
+                self.rewritten.put(str(hit.path), public, data)
+            return data
 
     async def _freshness(self, policy: Policy, hit: Hit) -> str:
         """``hit``, ``revalidated``, ``stale`` or ``expired`` (SPEC section 3)."""
@@ -416,13 +430,9 @@ class Cache:
         task.add_done_callback(self._tasks.discard)
 
 
-def _from_memory(template: web.StreamResponse, body: BinaryIO, rewriter: Rewriter) -> web.Response:
-    """A small stored body, or one to rewrite or compress, read whole: one write sends
-    headers and body together, and a rewrite is one pass over bytes, not a stream."""
-    with body:
-        data = body.read()
-    if template[forward.REWRITE]:
-        data = rewriter.rewrite_bytes(data)
+def _from_memory(template: web.StreamResponse, data: bytes) -> web.Response:
+    """A small stored body, or one to rewrite or compress: one write sends headers and
+    body together."""
     headers = template.headers.copy()
     headers.popall("Content-Length", None)
     response = web.Response(status=template.status, headers=headers, body=data)
