@@ -28,6 +28,8 @@ SERIES, SLICES, SIZE = 2, 20, 256
 
 
 def main() -> int:
+    # SIGTERM (a supervisor, `kill`) cleans up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     listen = parse_listen(os.environ.get("LISTEN", "127.0.0.1:8080"))
     upstream = os.environ.get("UPSTREAM", "").strip()
     print("fetching the OHIF viewer (cached after the first run) ...", flush=True)
