@@ -235,3 +235,25 @@ async def test_two_real_workers_report_the_sum_of_their_requests(
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(process.wait, 30)
+
+
+def test_bytes_served_from_the_cache_count_sendfile_bodies(
+    start_proxy: Callable[..., ProxyThread], orthanc: Orthanc
+) -> None:
+    """Bodies sent with sendfile bypass aiohttp's byte count; they must still count."""
+    from tests.dicomgen import make_study
+
+    big = make_study(1, 1, rows=256, columns=256)  # ~128 KiB: sent with sendfile
+    for _, _, data in big.instances:
+        orthanc.upload(data)
+    proxy = start_proxy(orthanc.dicomweb)
+    series_uid, sop_uid, data = big.instances[0]
+    url = f"{proxy.dicomweb}/studies/{big.uid}/series/{series_uid}/instances/{sop_uid}"
+    assert fetch(url)[0] == 200
+    for _ in range(50):  # the fill commits right after its last byte
+        body = fetch(url)[1]
+        samples = scrape(proxy.url + "/metrics")
+        if value(samples, "dicomweb_proxy_cache_requests_total", result="hit"):
+            break
+    served = value(samples, "dicomweb_proxy_cache_served_bytes_total", source="cache")
+    assert served >= len(body) > len(data)
