@@ -27,13 +27,17 @@ WORKLOADS = {"metadata": 0, "64k": 1, "512k": 2, "8m": 3}
 FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
+# Frames of the project's own files are shown relative to the checkout.
+REPO = str(Path(__file__).resolve().parent.parent)
+
+
 def _short(frame: str) -> str:
     """``function (path/to/module.py:12)`` → ``function (module.py)``; lines merged."""
     found = FRAME.match(frame.strip())
     if not found:
         return frame.strip()
     path = found["file"]
-    for marker in ("site-packages/", "/lib/python3.11/", "/work/"):
+    for marker in ("site-packages/", "/lib/python3.11/", f"{REPO}/"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{found['function']} ({path})"
