@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from proxy import auth
 from proxy.errors import UpstreamAuthFailed, UpstreamError
-from proxy.health import writable
+from proxy.health import data_paths, writable
 from proxy.settings import Settings
 from proxy.upstream import Upstream, iter_body
 
@@ -67,9 +67,7 @@ def _config(settings: Settings) -> Result:
 
 
 def _storage(settings: Settings) -> Result:
-    paths = [settings.spool_path, settings.dead_letter_path]
-    if not settings.no_cache:
-        paths.insert(0, settings.cache_path)
+    paths = [*data_paths(settings), settings.dead_letter_path]
     unwritable = [str(path) for path in paths if not writable(path)]
     if unwritable:
         return Result("storage", False, "not writable: " + ", ".join(unwritable))

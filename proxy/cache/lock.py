@@ -7,13 +7,13 @@ process that dies is released by the kernel.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import hashlib
 import os
 from pathlib import Path
 
 STRIPES = 1024
+# How often a request waiting for another worker's fill looks again.
 POLL_SECONDS = 0.01
 
 
@@ -35,17 +35,6 @@ class KeyLocks:
             os.close(fd)
             return None
         return fd
-
-    async def acquire(self, key: str, timeout: float) -> tuple[int | None, bool]:
-        """(fd, waited): waits while another process fills; fd None after ``timeout``."""
-        waited = False
-        deadline = asyncio.get_running_loop().time() + timeout
-        while (fd := self.try_acquire(key)) is None:
-            waited = True
-            if asyncio.get_running_loop().time() > deadline:
-                return None, waited
-            await asyncio.sleep(POLL_SECONDS)
-        return fd, waited
 
     @staticmethod
     def release(fd: int | None) -> None:

@@ -100,15 +100,7 @@ class DeadLetter:
         """The entry as an instance ready to be sent again, its kind and its target."""
         record = self.record(entry_id)
         path = self._path(entry_id)
-        parts = tuple(
-            SpooledPart(
-                path / p["file"],
-                (path / p["file"]).stat().st_size,
-                p["content_type"],
-                p["location"],
-            )
-            for p in record["parts"]
-        )
+        parts = tuple(_part(path / p["file"], p) for p in record["parts"])
         metadata = (path / METADATA).read_bytes() if (path / METADATA).exists() else b""
         sop = Sop(record["sop_class"], record["sop_instance"])
         instance = Instance(record["study"], record["series"], sop, parts, metadata)

@@ -225,7 +225,3 @@ async def replay(
         detail=last.detail,
     )
     return Replayed(entry_id, False, instance.study, last.report.status, reason)
-
-
-def entry_ids(settings: Settings) -> list[str]:
-    return [str(r["id"]) for r in DeadLetter(settings.dead_letter_path).records()]
