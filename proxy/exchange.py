@@ -10,6 +10,7 @@ import functools
 import os
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -105,14 +106,14 @@ def build(request: web.Request, settings: Settings, *, pass_credentials: bool) -
     rid = request_id(request)
     relative = relative_raw_path(request, settings.base_path)
     try:
-        resource = classify(URL.build(path="/" + relative, encoded=True).path, request.method)
+        resource = classify(unquote(relative), request.method)
     except InvalidPath as exc:
         raise BadRequest(str(exc)) from None
-    upstream = URL(settings.upstream_url)
-    path = upstream.raw_path.rstrip("/") + "/" + relative
-    upstream_url = upstream.with_path(path, encoded=True)
-    if request.query_string:
-        upstream_url = URL(f"{upstream_url}?{request.raw_path.split('?', 1)[1]}", encoded=True)
+    # The upstream base is normalised once (no trailing slash); path and query are
+    # passed on exactly as the client encoded them.
+    target = f"{settings.upstream_url}/{relative}"
+    query = request.raw_path.partition("?")[2]
+    upstream_url = URL(f"{target}?{query}" if query else target, encoded=True)
     return Exchange(
         request_id=rid,
         resource=resource,

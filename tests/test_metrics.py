@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import signal
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -57,7 +58,13 @@ def test_known_sequence_moves_request_and_upstream_metrics(
     assert fetch(f"{base}/studies/1.2.3.999/metadata")[0] == 404
     assert fetch(f"{proxy.url}/healthz")[0] == 200
 
-    samples = scrape(proxy.url + "/metrics")
+    # The instance-count queries of the metadata misses finish in the background,
+    # possibly after their clients got an answer: wait for them before counting.
+    for _ in range(100):
+        samples = scrape(proxy.url + "/metrics")
+        if value(samples, "dicomweb_proxy_upstream_duration_seconds_count") >= 6:
+            break
+        time.sleep(0.05)
     requests = "dicomweb_proxy_requests_total"
     assert value(samples, requests, transaction="qido", method="GET", status="200") == 1
     assert value(samples, requests, transaction="wado_metadata", method="GET", status="200") == 1
