@@ -22,6 +22,7 @@ from proxy.cache import fill as fill_module
 from proxy.cache import service as cache_service
 from proxy.cache.store import free_bytes
 from proxy.stow import dead_letter as dead_letter_module
+from proxy.stow.spool import SpooledPart
 from tests.dicomgen import make_study
 from tests.orthanc import Orthanc, free_port
 from tests.relay import Faults as StowFaults
@@ -320,10 +321,11 @@ async def test_full_dead_letter_disk_still_reports_every_failure(
     gets its merged answer naming every instance as failed, and no half-kept entry or
     spool file stays behind."""
 
-    def full(source: Path, target: Path) -> None:
+    def full(part: SpooledPart, target: Path) -> None:
+        target.write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(dead_letter_module, "_link_or_copy", full)
+    monkeypatch.setattr(dead_letter_module, "_extract", full)
     relay = StowRelay(orthanc.dicomweb, faults=StowFaults(fail_always=True)).start()
     try:
         settings = make_settings(

@@ -8,6 +8,7 @@ spool answers identified instances and rejected parts (FailedSOPSequence, 0xC000
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import tempfile
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import ProxyError
-from proxy.stow.spool import Spooled, spool
+from proxy.stow.spool import Spooled, SpooledPart, spool
 
 FAST = settings(
     max_examples=150,
@@ -109,3 +110,27 @@ def test_part10_bytes(raw: bytes, preamble: bool) -> None:
     assert isinstance(result, (Spooled, ProxyError))
     if isinstance(result, Spooled):
         assert len(result.instances) + len(result.rejected) == 1
+
+
+@FAST
+@given(
+    before=st.binary(max_size=300),
+    data=st.binary(max_size=200_000),
+    after=st.binary(max_size=300),
+    moves=st.lists(st.tuples(st.integers(-10, 200_010), st.integers(0, 70_000)), max_size=8),
+)
+def test_a_spooled_part_reads_like_a_file_of_its_own(
+    before: bytes, data: bytes, after: bytes, moves: list[tuple[int, int]]
+) -> None:
+    """Seek and read on a part of the spool file match the same on its bytes alone."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "body"
+        path.write_bytes(before + data + after)
+        part = SpooledPart(path, len(data), "application/dicom", "", len(before))
+        alone = io.BytesIO(data)
+        with part.open() as spooled:
+            for position, size in moves:
+                assert spooled.seek(max(0, position)) == alone.seek(max(0, position))
+                assert spooled.read(size) == alone.read(size)
+                assert spooled.tell() == alone.tell()
+            assert spooled.read() == alone.read()

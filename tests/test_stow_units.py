@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,9 @@ from proxy.dicomweb.stow_response import Sop
 from proxy.errors import InsufficientStorage, MalformedBody, UnsupportedMediaType
 from proxy.stow import spool as spool_module
 from proxy.stow.batch import Batch, encode, plan
+from proxy.stow.dead_letter import DeadLetter, new_record
 from proxy.stow.send import Policy, Sender, _retry_after
-from proxy.stow.spool import Instance, Kind, SpooledPart, spool
+from proxy.stow.spool import Instance, Kind, SpooledPart, _dicom_instance, spool
 from tests.dicomgen import make_study
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -54,6 +57,39 @@ async def test_spool_identifies_dicom_parts_without_pixel_data(tmp_path: Path) -
     assert {i.study for i in result.instances} == {study.uid}
     assert [f.reason for f in result.rejected] == [0xC000]
     assert [i.parts[0].size for i in result.instances] == [len(d) for _, _, d in study.instances]
+
+
+async def test_spool_keeps_every_part_byte_exact_in_one_file(tmp_path: Path) -> None:
+    study = make_study(1, 3, rows=16, columns=16)
+    data = [d for _, _, d in study.instances]
+    body = multipart([({"Content-Type": "application/dicom"}, d) for d in data])
+    result = await spool(
+        chunked(body, 7), 'multipart/related; type="application/dicom"; boundary=b', tmp_path
+    )
+    parts = [i.parts[0] for i in result.instances]
+    assert {p.path for p in parts} == {tmp_path / spool_module.BODY}
+    assert [p.read() for p in parts] == data
+    assert [p.read(5, 10) for p in parts] == [d[5:15] for d in data]
+
+
+def test_a_part_is_identified_from_its_own_bytes_only(tmp_path: Path) -> None:
+    """An instance cut in two right before SOP Class UID, the halves side by side in a
+    spool file: the first half (a header without UIDs) is no instance, though the bytes
+    after it in the file complete it."""
+    _, uid, data = make_study(1, 1, rows=16, columns=16).instances[0]
+    cut = data.index(b"\x08\x00\x16\x00UI")  # (0008,0016), explicit VR little endian
+    path = tmp_path / spool_module.BODY
+    path.write_bytes(data)
+    assert _dicom_instance(SpooledPart(path, cut, "application/dicom")) is None
+    assert _dicom_instance(SpooledPart(path, len(data) - cut, "application/dicom", "", cut)) is None
+    whole = _dicom_instance(SpooledPart(path, len(data), "application/dicom"))
+    assert whole is not None and whole.sop.sop_instance == uid
+
+
+async def chunked(data: bytes, pieces: int) -> AsyncIterator[bytes]:
+    step = len(data) // pieces + 1
+    for start in range(0, len(data), step):
+        yield data[start : start + step]
 
 
 async def test_spool_groups_xml_items_with_their_bulk_data(tmp_path: Path) -> None:
@@ -102,17 +138,11 @@ async def test_unsupported_media_types(tmp_path: Path, content_type: str) -> Non
 
 
 async def test_full_spool_disk_is_507(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    class Full:
-        async def __aenter__(self) -> Full:
-            return self
-
-        async def __aexit__(self, *args: Any) -> None:
-            return None
-
-        async def write(self, data: bytes) -> None:
+    class Full(io.BytesIO):
+        def write(self, data: Any) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_module.aiofiles, "open", lambda *a, **k: Full())
+    monkeypatch.setattr(spool_module, "open", lambda *a, **k: Full(), raising=False)
     with pytest.raises(InsufficientStorage):
         await spool(once(b"x" * 10), "application/dicom", tmp_path)
 
@@ -172,3 +202,30 @@ def test_backoff_with_jitter_honours_retry_after(
     sender = Sender(None, URL("http://x/"), {}, Policy(3, 0.1, 2))  # type: ignore[arg-type]
     for _ in range(20):
         assert low <= sender._delay(attempt, retry_after) <= high
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_dead_letter_takes_a_part_out_of_the_spool_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_copy: bool
+) -> None:
+    """The kept part is exactly its byte range of the spool file, whether the kernel
+    copies it or (across filesystems that refuse) a buffer does; replay reads it back."""
+    if not kernel_copy:
+
+        def refuse(*args: Any) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    body = tmp_path / spool_module.BODY
+    body.write_bytes(b"A" * 100 + b"B" * 3000 + b"C" * 50)
+    part = SpooledPart(body, 3000, "application/dicom", "", 100)
+    instance = Instance("9.9", "9.8", Sop(CT, "1.1"), (part,))
+    letters = DeadLetter(tmp_path / "dead")
+    record = new_record(
+        instance, Kind.DICOM, request_id="r", target="studies", status=503, reason=0xA700,
+        attempts=3, detail="",
+    )  # fmt: skip
+    letters.keep(instance, Kind.DICOM, record)
+    kept, _, _ = letters.instance(record.id)
+    assert [p.read() for p in kept.parts] == [b"B" * 3000]
+    assert kept.parts[0].offset == 0

@@ -8,12 +8,14 @@ SPEC section 5.  One directory per instance under ``--dead-letter-dir``::
     <id>/metadata.json  JSON bodies only: the instance's metadata object
 
 An entry is built under a dot-name and renamed into place, so a listing never sees a
-half-written one.  Parts are hard-linked out of the spool (the spool directory is
-removed after the request), which moves them without copying.
+half-written one.  A part is copied out of its request's spool file in the kernel
+(``copy_file_range``; the spool is removed after the request); a part that is a whole
+file already (a replayed entry's) is hard-linked.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -27,6 +29,8 @@ from typing import Any
 from proxy.dicomweb.stow_response import Sop
 from proxy.errors import NotFound
 from proxy.stow.spool import Instance, Kind, SpooledPart
+
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
 
 RECORD = "record.json"
 METADATA = "metadata.json"
@@ -69,7 +73,7 @@ class DeadLetter:
     def _fill(self, staging: Path, instance: Instance, record: Record) -> Record:
         for number, part in enumerate(instance.parts):
             name = f"part-{number:06d}"
-            _link_or_copy(part.path, staging / name)
+            _extract(part, staging / name)
             record.parts.append(
                 {"file": name, "content_type": part.content_type, "location": part.content_location}
             )
@@ -146,11 +150,31 @@ def _part(path: Path, described: dict[str, Any]) -> SpooledPart:
     return SpooledPart(path, size, described["content_type"], described["location"])
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+def _extract(part: SpooledPart, target: Path) -> None:
+    if part.offset == 0 and part.path.stat().st_size == part.size:
+        try:
+            os.link(part.path, target)
+            return
+        except OSError:
+            pass  # another filesystem: copy
+    with part.path.open("rb") as source, target.open("wb") as sink:
+        _copy_range(source.fileno(), sink.fileno(), part.offset, part.size)
+
+
+def _copy_range(source: int, sink: int, offset: int, size: int) -> None:
+    """``size`` bytes from ``offset`` of ``source`` to the end of ``sink``: in the
+    kernel where it can, through a buffer across filesystems that refuse that."""
+    done = 0
+    while done < size:
+        try:
+            copied = os.copy_file_range(source, sink, size - done, offset + done)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            copied = os.write(sink, os.pread(source, min(size - done, 1024**2), offset + done))
+        if copied == 0:
+            raise OSError(errno.EIO, "a spool file is shorter than the parts it holds")
+        done += copied
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
