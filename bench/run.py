@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import data, hits, rss, servers, stow, viewer
+from bench import data, hits, paired, rss, servers, stow, viewer
 from bench.burst import burst, percentile
 from bench.nginx import Nginx
 from bench.servers import Proxy
@@ -41,6 +41,7 @@ class Plan:
     rss_gib: float = 2.0
     stow_bytes: int = 1024**3
     stow_rounds: int = 2
+    pairs: int = 300
 
 
 QUICK = Plan(
@@ -55,6 +56,7 @@ QUICK = Plan(
     rss_gib=0.05,
     stow_bytes=8 * 1024**2,
     stow_rounds=1,
+    pairs=20,
 )
 
 
@@ -165,10 +167,19 @@ def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
         common = {"rounds": plan.rounds, "seconds": plan.seconds, "progress": log}
         throughput = hits.alternate(targets, instances, connections=plan.connections, **common)  # type: ignore[arg-type]
         latency = hits.alternate(targets, metadata, connections=1, **common)  # type: ignore[arg-type]
+        log(f"added latency: {plan.pairs} pairs of study-metadata requests per target")
+        del targets["orthanc"]
+        added = paired.added_latency(
+            orthanc.url, targets, metadata.paths[0], metadata.accept, pairs=plan.pairs
+        )
     finally:
         proxy.stop()
         nginx.stop()
-    return {"512 KiB instances": throughput, "study metadata, 1 connection": latency}
+    return {
+        "512 KiB instances": throughput,
+        "study metadata, 1 connection": latency,
+        "added": {name: asdict(value) for name, value in added.items()},
+    }
 
 
 # -- section 3 --------------------------------------------------------------------------

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from bench import wrk
+from bench import paired, wrk
 from bench.burst import percentile
 from bench.nginx import render
 from bench.wan import Link, WanRelay
@@ -89,3 +92,43 @@ def test_percentile_is_nearest_rank() -> None:
     values = [float(n) for n in range(1, 51)]
     assert percentile(values, 0.99) == 50
     assert percentile(values, 0.5) == 25
+
+
+def test_paired_latency_is_the_difference_within_each_pair() -> None:
+    """A target that answers 30 ms later than the origin is measured as about +30 ms,
+    and the origin against itself as about 0, whatever the origin's own time."""
+    delays = {"origin": 0.0, "slow": 0.03}
+
+    def server(name: str) -> ThreadingHTTPServer:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                time.sleep(delays[name] + random.uniform(0, 0.01))  # the origin's drift
+                # One write: headers and body apart would meet Nagle and delayed ACKs.
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        return httpd
+
+    origin, slow = server("origin"), server("slow")
+    try:
+        url = "http://127.0.0.1:{}/dicom-web".format
+        added = paired.added_latency(
+            url(origin.server_port),
+            {"slow": url(slow.server_port), "same": url(origin.server_port)},
+            "/studies/1/metadata",
+            "application/dicom+json",
+            pairs=30,
+        )
+    finally:
+        for httpd in (origin, slow):
+            httpd.shutdown()
+            httpd.server_close()
+    assert 20 < added["slow"].median_ms < 45
+    assert abs(added["same"].median_ms) < 8
+    assert added["slow"].pairs == 30
