@@ -242,9 +242,7 @@ class SpoolFile:
             raise
 
     def _close(self) -> None:
-        if self._file is None:
-            self.path.touch()  # a body of empty parts
-        else:
+        if self._file is not None:  # opened by the first part's first write
             self._file.close()
             self._file = None
 
@@ -291,7 +289,7 @@ class _Range(io.RawIOBase):
         return len(data)
 
 
-# -- identification (runs on the spool thread) -----------------------------------------
+# -- identification (runs in a worker thread) ------------------------------------------
 
 
 def _identify(kind: Kind, parts: list[SpooledPart], result: Spooled) -> None:
