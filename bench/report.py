@@ -75,8 +75,9 @@ def added_table(added: dict[str, dict[str, Any]]) -> list[str]:
     """bench.paired: the same metadata request direct and through, back to back."""
     lines = [
         "Added latency for study metadata, measured in pairs (`bench/paired.py`: the same "
-        "request straight to Orthanc and through the target, back to back, alternating "
-        "order; Orthanc's own time drifts by milliseconds between the rounds above):",
+        "request straight to Orthanc and through the target, back to back; the median "
+        "difference, averaged over both orders; Orthanc's own time drifts by milliseconds "
+        "between the rounds above):",
         "",
         "| target | pairs | added p50 ms | p25 / p75 ms |",
         "|---|---|---|---|",
