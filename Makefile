@@ -39,7 +39,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-# The side-by-side benchmark of SPEC section 8 (about 7 minutes; BENCH_ARGS=--quick: 1).
+# The side-by-side benchmark of SPEC section 8 (about 10 minutes; BENCH_ARGS=--quick: 2).
 bench: bench-packages $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
