@@ -13,26 +13,18 @@ import tempfile
 from pathlib import Path
 
 from bench import data, hits
-from bench.servers import Process, Proxy
-from tests.orthanc import Orthanc, free_port
-
-
-class UvloopProxy(Process):
-    def __init__(self, upstream: str, *extra: str) -> None:
-        self.data_dir = tempfile.TemporaryDirectory(prefix="bench-uvloop-")
-        port = free_port()
-        args = ["serve", "--upstream-url", upstream, "--listen", f"127.0.0.1:{port}"]
-        args += ["--data-dir", self.data_dir.name, "--log-level", "warning", *extra]
-        super().__init__("bench.uvloop_proxy", args, port)
-
-    def stop(self) -> None:
-        super().stop()
-        self.data_dir.cleanup()
+from bench.servers import Proxy
+from tests.orthanc import Orthanc
 
 
 def compare(orthanc: Orthanc, loads: list[hits.Workload], args: argparse.Namespace) -> None:
     for mode, extra in (("hit", ()), ("pass-through", ("--no-cache",))):
-        default, uv = Proxy(orthanc.dicomweb, *extra), UvloopProxy(orthanc.dicomweb, *extra)
+        default = Proxy(orthanc.dicomweb, *extra)
+        try:
+            uv = Proxy(orthanc.dicomweb, *extra, module="bench.uvloop_proxy")
+        except BaseException:
+            default.stop()
+            raise
         try:
             for load in loads:
                 if not extra:

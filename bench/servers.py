@@ -68,13 +68,13 @@ class Process:
 class Proxy(Process):
     """The proxy under test, with an admin token so the harness can read and purge it."""
 
-    def __init__(self, upstream: str, *extra: str) -> None:
+    def __init__(self, upstream: str, *extra: str, module: str = "proxy") -> None:
         self.data_dir = tempfile.TemporaryDirectory(prefix="bench-proxy-")
         port = free_port()
         args = ["serve", "--upstream-url", upstream, "--listen", f"127.0.0.1:{port}"]
         args += ["--data-dir", self.data_dir.name, "--admin-token", ADMIN_TOKEN]
         args += ["--log-level", "warning", *extra]
-        super().__init__("proxy", args, port)
+        super().__init__(module, args, port)
 
     def processes(self) -> int:
         """How many processes serve: 1, or 1 + workers when ``--workers`` forks."""
