@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from proxy.dicomweb import multipart
 from proxy.dicomweb.stow_response import Sop
@@ -118,10 +119,10 @@ def encode(batch: Batch, params: Sequence[tuple[str, str]] = ()) -> Body:
 
 def _parts(batch: Batch) -> list[SpooledPart]:
     """Every spooled part of the batch once (bulk data may be shared by items)."""
-    seen: dict[str, SpooledPart] = {}
+    seen: dict[tuple[Path, int], SpooledPart] = {}
     for instance in batch.instances:
         for part in instance.parts:
-            seen.setdefault(f"{part.path}@{part.offset}", part)
+            seen.setdefault((part.path, part.offset), part)
     return list(seen.values())
 
 
