@@ -2,7 +2,8 @@
 
 The steps (SPEC section 5):
 
-1. spool the whole client body, one file per part, identifying every instance;
+1. spool the whole client body, its parts one after another in one file, identifying
+   every instance;
 2. plan batches within ``--stow-max-instances`` / ``--stow-max-bytes``;
 3. send them, ``--stow-concurrency`` at a time, with retries and 413 splitting;
 4. move instances that failed for a fixable reason into the dead letter;
