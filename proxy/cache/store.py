@@ -57,9 +57,10 @@ class Hit:
     key: str = ""
 
     def open(self) -> BinaryIO | None:
-        """The body, or None when it was evicted meanwhile."""
+        """The body, or None when it was evicted meanwhile.  Unbuffered: it goes out
+        with sendfile or in one read, and the buffer would cost a hit ~2 µs."""
         try:
-            return open(self.path, "rb")
+            return open(self.path, "rb", buffering=0)
         except FileNotFoundError:
             return None
 
