@@ -279,6 +279,22 @@ def test_streaming_rewrite_equals_whole_rewrite(body: bytes, sizes: list[int]) -
 
 
 @FAST
+@given(body=URLISH.map(lambda piece: piece * 40), sizes=st.lists(st.integers(1, 3000), min_size=1))
+def test_streaming_rewrite_of_long_bodies_equals_whole_rewrite(
+    body: bytes, sizes: list[int]
+) -> None:
+    """Bodies longer than the look-behind window, so chunks are cut after quotes."""
+    rewriter = Rewriter(UPSTREAM, PUBLIC)
+    stream = rewriter.stream()
+    out, start, index = b"", 0, 0
+    while start < len(body):
+        size = sizes[index % len(sizes)]
+        out += stream.feed(body[start : start + size])
+        start, index = start + size, index + 1
+    assert out + stream.flush() == rewriter.rewrite_bytes(body)
+
+
+@FAST
 @given(value=st.text(max_size=120))
 def test_header_rewrite_never_raises(value: str) -> None:
     try:

@@ -92,6 +92,12 @@ class StreamRewriter:
         if safe <= 0:
             self._pending = buffer
             return b""
+        # JSON strings and XML attributes are quoted, and no URL holds a '"': cut after
+        # the last one, where no match can span, and rewrite the head in one pass.
+        quote = buffer.rfind(b'"', safe) + 1
+        if quote:
+            self._pending = buffer[quote:]
+            return self._rewriter.rewrite_bytes(buffer[:quote])
         public = self._rewriter.public_base.encode()
         parts: list[bytes] = []
         done = 0
