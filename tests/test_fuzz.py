@@ -266,14 +266,7 @@ URLISH = st.lists(
 @given(body=st.one_of(URLISH, st.binary(max_size=400)), sizes=CHUNKINGS)
 def test_streaming_rewrite_equals_whole_rewrite(body: bytes, sizes: list[int]) -> None:
     rewriter = Rewriter(UPSTREAM, PUBLIC)
-    stream = rewriter.stream()
-    out = b""
-    start, index = 0, 0
-    while start < len(body):
-        size = sizes[index % len(sizes)]
-        out += stream.feed(body[start : start + size])
-        start, index = start + size, index + 1
-    out += stream.flush()
+    out = _streamed(rewriter, body, sizes)
     assert out == rewriter.rewrite_bytes(body)
     assert UPSTREAM.encode() + b"/" not in out
 
@@ -285,13 +278,18 @@ def test_streaming_rewrite_of_long_bodies_equals_whole_rewrite(
 ) -> None:
     """Bodies longer than the look-behind window, so chunks are cut after quotes."""
     rewriter = Rewriter(UPSTREAM, PUBLIC)
+    assert _streamed(rewriter, body, sizes) == rewriter.rewrite_bytes(body)
+
+
+def _streamed(rewriter: Rewriter, body: bytes, sizes: list[int]) -> bytes:
+    """``body`` through a StreamRewriter in chunks of ``sizes``, cycled."""
     stream = rewriter.stream()
     out, start, index = b"", 0, 0
     while start < len(body):
         size = sizes[index % len(sizes)]
         out += stream.feed(body[start : start + size])
         start, index = start + size, index + 1
-    assert out + stream.flush() == rewriter.rewrite_bytes(body)
+    return out + stream.flush()
 
 
 @FAST
