@@ -91,3 +91,10 @@ def test_media_type_parsing() -> None:
 
 def test_empty_media_ranges_do_not_change_the_key() -> None:
     assert normalize_accept("application/dicom,;q=1, ,") == normalize_accept("application/dicom")
+
+
+def test_accept_splits_ranges_outside_quotes_only() -> None:
+    # The unquoted fast path and the quote-aware path give the same key ...
+    assert normalize_accept('b/c, a/b; type="x/y"') == normalize_accept("a/b; type=x/y, b/c")
+    # ... and a comma inside a quoted parameter does not start a new range.
+    assert normalize_accept('a/b; type="x,y"') == "a/b;type=x,y"

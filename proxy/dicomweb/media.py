@@ -5,6 +5,8 @@ Pure: no server imports.
 
 from __future__ import annotations
 
+import functools
+
 # Parameters of a media range that select a different representation (PS3.18 8.7.3).
 _REPRESENTATION_PARAMS = ("type", "transfer-syntax", "charset")
 
@@ -29,11 +31,13 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     return main.strip().lower(), parsed
 
 
+@functools.lru_cache(maxsize=256)
 def normalize_accept(value: str | None) -> str:
     """A canonical Accept for cache keys: media ranges sorted, only representation params.
 
     ``q`` values are dropped: the upstream decides what to send, and the key only has to
-    tell different requests apart, not rank them.
+    tell different requests apart, not rank them.  Remembered: clients send few distinct
+    Accept values, and every cacheable request needs its key.
     """
     if not value:
         return "*/*"
@@ -48,6 +52,8 @@ def normalize_accept(value: str | None) -> str:
 
 
 def _split_outside_quotes(value: str, separator: str) -> list[str]:
+    if '"' not in value:
+        return value.split(separator)
     parts: list[str] = []
     current: list[str] = []
     quoted = False
