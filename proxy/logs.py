@@ -162,9 +162,9 @@ def _bytes_sent(request: web.Request, response: web.StreamResponse | None) -> in
     if response is None:
         return 0
     sent = response.body_length
-    # sendfile() bypasses the writer's byte count: only the headers were counted.
-    # Responses that send that way say how much went past the writer.
-    sent += getattr(response, "sent_by_sendfile", 0)
+    # sendfile() bypasses the writer's byte count.  Responses that send that way say
+    # how much went past the writer.
+    sent += getattr(response, "sent_directly", 0)
     length = response.content_length or 0
     if isinstance(response, web.FileResponse) and request.method != "HEAD" and sent < length:
         sent += length

@@ -9,6 +9,12 @@ than the copy it saves on a 512 KiB body.  Measured with wrk on 512 KiB hits: 2,
 req/s with headers and body joined into one write, 1,600 with ``loop.sendfile`` alone,
 3,250 with headers then the body in its own write, 3,600-3,800 as here.
 
+The status line and headers go out first with ``MSG_MORE`` (send(2)): the kernel holds
+them and sends them in the same segments as the start of the body, instead of a small
+segment of their own that wakes the client once more.  That took a 512 KiB hit from
+335 to 305 us of the proxy's CPU (wrk -c16, 2,941 -> 3,221 req/s); ``TCP_CORK`` around
+the same two calls costs two more system calls and measured slower than neither.
+
 Bodies below :data:`JOIN_BELOW` are cheaper joined to their headers in one write (the
 cache answers those with a plain ``web.Response``, as it does for bodies it rewrites
 below :data:`SENDFILE_FROM`).
@@ -18,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import BinaryIO
+import socket
+from typing import Any, BinaryIO
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
 JOIN_BELOW = 64 * 1024
@@ -31,13 +39,17 @@ SENDFILE_FROM = 1024 * 1024
 class StoredBody(web.StreamResponse):
     """A complete stored body of ``size`` bytes, sent from ``handle`` (then closed)."""
 
+    # aiohttp keeps the serialised head in its writer until the first body write (as
+    # it does for a web.Response), so that :meth:`_send_head` can send it with MSG_MORE.
+    _send_headers_immediately = False
+
     def __init__(
         self, handle: BinaryIO, size: int, *, status: int, headers: CIMultiDict[str]
     ) -> None:
         super().__init__(status=status, headers=headers)
         self._handle = handle
         self.content_length = size
-        self.sent_by_sendfile = 0  # the access log adds these to the writer's count
+        self.sent_directly = 0  # bytes sent past aiohttp's writer (the access log adds them)
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         # Idempotent: the access log finishes responses, then aiohttp prepares again.
@@ -47,7 +59,7 @@ class StoredBody(web.StreamResponse):
             writer = await super().prepare(request)
             if request.method != "HEAD" and self.content_length:
                 await self._send(request)
-            await super().write_eof()
+            await super().write_eof()  # sends the head itself when no body went out
             return writer
         finally:
             self._handle.close()
@@ -58,12 +70,13 @@ class StoredBody(web.StreamResponse):
         if transport is None:
             raise ConnectionResetError("connection lost")
         try:
+            self._send_head(transport)
             sent = _sendfile_now(transport, self._handle, size)  # usually all of it
             if sent < size:
                 await asyncio.get_running_loop().sendfile(
                     transport, self._handle, sent, size - sent
                 )
-            self.sent_by_sendfile = size
+            self.sent_directly += size
         except NotImplementedError:  # e.g. TLS transports: copy in chunks
             self._handle.seek(0)
             while chunk := self._handle.read(256 * 1024):
@@ -71,11 +84,64 @@ class StoredBody(web.StreamResponse):
         except ConnectionError as exc:  # the client went away mid-body
             raise ConnectionResetError(str(exc)) from exc
 
+    def _send_head(self, transport: asyncio.Transport) -> None:
+        """The head with MSG_MORE when the socket is idle and TCP, else as aiohttp would."""
+        sock = _idle_socket(transport)
+        head = _take_head(self._payload_writer) if sock and sock.family in _TCP else None
+        if head is None:
+            if self._payload_writer is not None:
+                self._payload_writer.send_headers()
+            return
+        try:
+            sent = _send_more(sock, head)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(head):
+            transport.write(head[sent:])  # the transport sends the rest, in order
+        self.sent_directly += len(head)
+
+
+_TCP = (socket.AF_INET, socket.AF_INET6)
+
+
+def _take_head(writer: AbstractStreamWriter | None) -> bytes | None:
+    """The status line and headers aiohttp's writer holds, now marked as sent; None
+    when it holds none.  (``StreamWriter._headers_buf``, aiohttp 3.12 and later.)"""
+    if not isinstance(writer, StreamWriter):
+        return None
+    head = getattr(writer, "_headers_buf", None)
+    if not isinstance(head, bytes) or getattr(writer, "_headers_written", True):
+        return None
+    writer._headers_buf = None
+    writer._headers_written = True
+    return head
+
+
+def _send_more(transport_socket: Any, data: bytes) -> int:
+    """send(2) with MSG_MORE on a connection's socket.  asyncio hands out a
+    TransportSocket, which has no ``send``: a socket object around the same descriptor
+    makes the call and is detached after, so the descriptor stays the transport's."""
+    sock = socket.socket(
+        transport_socket.family, transport_socket.type, 0, transport_socket.fileno()
+    )
+    try:
+        return sock.send(data, socket.MSG_MORE)
+    finally:
+        sock.detach()
+
+
+def _idle_socket(transport: asyncio.Transport) -> Any:
+    """The connection's socket when bytes written to it go straight to the client: the
+    transport holds nothing back (order) and encrypts nothing (TLS)."""
+    if transport.get_write_buffer_size() or transport.get_extra_info("sslcontext"):
+        return None
+    return transport.get_extra_info("socket")
+
 
 def _sendfile_now(transport: asyncio.Transport, handle: BinaryIO, size: int) -> int:
     """Bytes sent at once with ``os.sendfile`` while the socket takes them."""
-    sock = transport.get_extra_info("socket")
-    if sock is None or transport.get_write_buffer_size():
+    sock = _idle_socket(transport)
+    if sock is None:
         return 0
     sent = 0
     try:
