@@ -7,7 +7,8 @@ iterator and the response is written chunk by chunk (SPEC section 2).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -118,6 +119,42 @@ async def _exchange(
         return client
 
 
+@dataclass(frozen=True)
+class Head:
+    """How a response to the client starts, but for its request id: status, cleaned and
+    rewritten headers, and whether its body is rewritten or gzipped on the way."""
+
+    status: int
+    headers: CIMultiDict[str]
+    rewrite: bool
+    compress: bool
+
+    def response(self, request_id: str) -> web.StreamResponse:
+        response = web.StreamResponse(status=self.status, headers=self.headers)
+        response.headers["X-Request-ID"] = request_id
+        response[REWRITE] = self.rewrite
+        if self.compress:
+            response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+
+def head_for(
+    request: web.Request,
+    status: int,
+    source: Headers | Mapping[str, str],
+    rewriter: Rewriter,
+    *,
+    x_cache: str | None = None,
+) -> Head:
+    content_type = source.get("Content-Type", "")
+    rewrite = carries_urls(content_type)
+    compress = should_compress(request, content_type, source)
+    headers = hdrs.client_response_headers(source, rewriter, keep_length=not (rewrite or compress))
+    if x_cache:
+        headers["X-Cache"] = x_cache
+    return Head(status, headers, rewrite, compress)
+
+
 def start_response(
     request: web.Request,
     status: int,
@@ -128,19 +165,7 @@ def start_response(
     x_cache: str | None = None,
 ) -> web.StreamResponse:
     """A response with the upstream's status and cleaned, rewritten headers."""
-    content_type = source.get("Content-Type", "")
-    rewrite = carries_urls(content_type)
-    compress = _should_compress(request, content_type, source)
-    headers = hdrs.client_response_headers(
-        source, rewriter, request_id=request_id, keep_length=not (rewrite or compress)
-    )
-    if x_cache:
-        headers["X-Cache"] = x_cache
-    response = web.StreamResponse(status=status, headers=headers)
-    response[REWRITE] = rewrite
-    if compress:
-        response.enable_compression(web.ContentCoding.gzip)
-    return response
+    return head_for(request, status, source, rewriter, x_cache=x_cache).response(request_id)
 
 
 async def relay(
@@ -174,7 +199,9 @@ def abort(request: web.Request) -> None:
         request.transport.abort()
 
 
-def _should_compress(request: web.Request, content_type: str, upstream: Headers) -> bool:
+def should_compress(
+    request: web.Request, content_type: str, upstream: Headers | Mapping[str, str]
+) -> bool:
     """gzip JSON towards clients that accept it, unless the upstream already encoded it."""
     if "Content-Encoding" in upstream or request.method == "HEAD":
         return False

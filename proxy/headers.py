@@ -87,10 +87,10 @@ def client_response_headers(
     upstream: Mapping[str, str],
     rewriter: Rewriter,
     *,
-    request_id: str,
     keep_length: bool,
 ) -> CIMultiDict[str]:
-    """The headers sent to the client for an upstream (or cached) response."""
+    """The headers sent to the client for an upstream (or cached) response; the
+    caller adds ``X-Request-ID``."""
     drop = _RESPONSE_DROP | _connection_tokens(upstream)
     items: Iterable[tuple[str, str]] = upstream.items()
     headers = CIMultiDict((k, v) for k, v in items if k.lower() not in drop)
@@ -103,7 +103,6 @@ def client_response_headers(
     if keep_length and "Content-Length" in upstream:
         headers["Content-Length"] = upstream["Content-Length"]
     headers["Via"] = _append_via(upstream.get("Via"))
-    headers["X-Request-ID"] = request_id
     add_vary(headers, "Accept")
     return headers
 

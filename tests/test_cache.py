@@ -517,3 +517,35 @@ async def test_one_stored_body_rewritten_for_each_host_name(
             other = "viewer-b.example" if host.startswith("viewer-a") else "viewer-a.example"
             assert other not in text and str(server.port) not in text
     assert counting.total(path) == 1
+
+
+async def test_hit_heads_are_kept_but_each_request_gets_its_own_id_and_coding(
+    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+) -> None:
+    """Hit heads are built once per entry (proxy.cache.heads); what belongs to the
+    request (its id, whether it accepts gzip, its validators) still follows it."""
+    _, server = relay
+    client = await proxy_to(dicomweb(server))
+    metadata, instance = f"/dicom-web/studies/{study.uid}/metadata", instance_path(study)
+    for path in (metadata, instance):
+        await (await client.get(path)).read()
+    await settle(client)
+    for number, coding in enumerate(["gzip", "identity", "gzip"]):
+        hit = await client.get(
+            metadata,
+            headers={"Accept-Encoding": coding, "X-Request-ID": f"m{number}"},
+            auto_decompress=False,
+        )
+        body = await hit.read()
+        assert (hit.headers["X-Cache"], hit.headers["X-Request-ID"]) == ("HIT", f"m{number}")
+        assert hit.headers.get("Content-Encoding") == ("gzip" if coding == "gzip" else None)
+        assert body.startswith(b"\x1f\x8b") == (coding == "gzip")
+    etags = set()
+    for number in range(2):
+        hit = await client.get(instance, headers={"X-Request-ID": f"i{number}"})
+        await hit.read()
+        assert (hit.headers["X-Cache"], hit.headers["X-Request-ID"]) == ("HIT", f"i{number}")
+        etags.add(hit.headers["ETag"])
+    [etag] = etags
+    again = await client.get(instance, headers={"If-None-Match": etag, "X-Request-ID": "n1"})
+    assert (again.status, again.headers["X-Request-ID"], again.headers["ETag"]) == (304, "n1", etag)

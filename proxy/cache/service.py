@@ -28,6 +28,7 @@ from multidict import CIMultiDict
 
 from proxy import forward
 from proxy.cache.fill import Fill, FillReader, file_chunks
+from proxy.cache.heads import Heads
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
@@ -55,6 +56,7 @@ class Cache:
         self.results: Counter[str] = Counter()
         self._fills: dict[str, Fill] = {}
         self.rewritten = Rewritten()
+        self.heads = Heads()
         self.locks = KeyLocks(store.directory / "locks") if settings.workers > 1 else None
         self.readahead = (
             ReadAhead(settings.prefetch, upstream, self.warm)
@@ -127,26 +129,21 @@ class Cache:
     ) -> web.StreamResponse:
         self.results[result] += 1
         meta = hit.meta
-        headers = CIMultiDict(meta.headers)
-        headers.update({"ETag": meta.etag, "Content-Length": str(meta.size)})
-        if result == "stale":
-            headers.add("Warning", '110 dicomweb-proxy "Response is Stale"')
-        response = forward.start_response(
-            request,
-            meta.status,
-            headers,
-            exchange.rewriter,
-            request_id=exchange.request_id,
-            x_cache=result.upper(),
-        )
+        head = self._head(request, exchange, hit, result)
         if _not_modified(request, meta.etag):
             body.close()
-            return web.Response(status=304, headers=_validators(response))
-        plain = not response[forward.REWRITE] and not response.compression
+            return web.Response(status=304, headers=_validators(head, exchange.request_id))
+        plain = not head.rewrite and not head.compress
         if meta.size < SENDFILE_FROM and not (plain and meta.size >= JOIN_BELOW):
-            return _from_memory(response, self._small_body(hit, body, exchange.rewriter, plain))
+            data = self._small_body(hit, body, exchange.rewriter, plain)
+            return _from_memory(head, exchange.request_id, data)
         if plain:
-            return StoredBody(body, meta.size, status=meta.status, headers=response.headers)
+            response: web.StreamResponse = StoredBody(
+                body, meta.size, status=head.status, headers=head.headers
+            )
+            response.headers["X-Request-ID"] = exchange.request_id
+            return response
+        response = head.response(exchange.request_id)
         try:
             await response.prepare(request)
             if request.method != "HEAD":
@@ -155,6 +152,26 @@ class Cache:
             body.close()
         await response.write_eof()
         return response
+
+    def _head(
+        self, request: web.Request, exchange: Exchange, hit: Hit, result: str
+    ) -> forward.Head:
+        """The hit's status and headers, built once per entry, base, result and coding."""
+        meta = hit.meta
+        content_type = meta.headers.get("Content-Type", "")
+        compress = forward.should_compress(request, content_type, meta.headers)
+        key = (str(hit.path), exchange.rewriter.public_base, result, compress)
+        head = self.heads.get(key)
+        if head is None:
+            headers = CIMultiDict(meta.headers)
+            headers.update({"ETag": meta.etag, "Content-Length": str(meta.size)})
+            if result == "stale":
+                headers.add("Warning", '110 dicomweb-proxy "Response is Stale"')
+            head = forward.head_for(
+                request, meta.status, headers, exchange.rewriter, x_cache=result.upper()
+            )
+            self.heads.put(key, head)
+        return head
 
     def _small_body(self, hit: Hit, body: BinaryIO, rewriter: Rewriter, plain: bool) -> bytes:
         """The body as sent; a rewritten one from memory once it was rewritten once."""
@@ -430,13 +447,14 @@ class Cache:
         task.add_done_callback(self._tasks.discard)
 
 
-def _from_memory(template: web.StreamResponse, data: bytes) -> web.Response:
+def _from_memory(head: forward.Head, request_id: str, data: bytes) -> web.Response:
     """A small stored body, or one to rewrite or compress: one write sends headers and
     body together."""
-    headers = template.headers.copy()
+    headers = head.headers.copy()
     headers.popall("Content-Length", None)
-    response = web.Response(status=template.status, headers=headers, body=data)
-    if template.compression:
+    headers["X-Request-ID"] = request_id
+    response = web.Response(status=head.status, headers=headers, body=data)
+    if head.compress:
         response.enable_compression(web.ContentCoding.gzip)
     return response
 
@@ -482,6 +500,7 @@ def _not_modified(request: web.Request, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def _validators(response: web.StreamResponse) -> dict[str, str]:
-    names = ("ETag", "Vary", "X-Cache", "X-Request-ID", "Via", "Cache-Control")
-    return {name: response.headers[name] for name in names if name in response.headers}
+def _validators(head: forward.Head, request_id: str) -> dict[str, str]:
+    names = ("ETag", "Vary", "X-Cache", "Via", "Cache-Control")
+    found = {name: head.headers[name] for name in names if name in head.headers}
+    return {**found, "X-Request-ID": request_id}
