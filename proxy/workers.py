@@ -24,7 +24,7 @@ from types import FrameType
 
 from aiohttp import web
 
-from proxy import metrics
+from proxy import malloc, metrics
 from proxy.app import create_app
 from proxy.cache.store import Store
 from proxy.settings import Settings
@@ -43,6 +43,7 @@ def remove_leftovers(settings: Settings) -> None:
 
 
 def serve_one(settings: Settings, *, reuse_port: bool = False) -> None:
+    malloc.tune()
     web.run_app(
         create_app(settings),
         host=settings.listen_host,
