@@ -122,7 +122,8 @@ async def _exchange(
 @dataclass(frozen=True)
 class Head:
     """How a response to the client starts, but for its request id: status, cleaned and
-    rewritten headers, and whether its body is rewritten or gzipped on the way."""
+    rewritten headers, and whether its body is rewritten or gzipped on the way.  Heads
+    are shared between requests (:mod:`proxy.cache.heads`): responses copy ``headers``."""
 
     status: int
     headers: CIMultiDict[str]

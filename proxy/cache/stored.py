@@ -12,7 +12,7 @@ req/s with headers and body joined into one write, 1,600 with ``loop.sendfile`` 
 The status line and headers go out first with ``MSG_MORE`` (send(2)): the kernel holds
 them and sends them in the same segments as the start of the body, instead of a small
 segment of their own that wakes the client once more.  That took a 512 KiB hit from
-335 to 305 us of the proxy's CPU (wrk -c16, 2,941 -> 3,221 req/s); ``TCP_CORK`` around
+344 to 308 us of the proxy's CPU (wrk -c16, medians of 4 rounds); ``TCP_CORK`` around
 the same two calls costs two more system calls and measured slower than neither.
 
 Bodies below :data:`JOIN_BELOW` are cheaper joined to their headers in one write (the
