@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from proxy import malloc
+from proxy.upstream import CHUNK, READ_BUFFER
 
 # Sixteen relays each holding a 256 KiB piece, then all done, 100 times over (as under
 # load: pieces alive together, then freed together); count minor page faults.
@@ -39,7 +40,6 @@ def test_tuned_process_reuses_memory_for_body_pieces() -> None:
 
 
 def test_thresholds_leave_room_for_the_relay_pieces() -> None:
-    from proxy.upstream import CHUNK, READ_BUFFER
-
-    assert malloc.MMAP_THRESHOLD >= max(CHUNK, READ_BUFFER)
-    assert malloc.TRIM_THRESHOLD >= 4 * malloc.MMAP_THRESHOLD
+    """Pieces read from the upstream must stay below the mmap threshold."""
+    assert max(CHUNK, READ_BUFFER) <= malloc.MMAP_THRESHOLD
+    assert 4 * malloc.MMAP_THRESHOLD <= malloc.TRIM_THRESHOLD
