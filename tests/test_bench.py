@@ -132,3 +132,15 @@ def test_paired_latency_is_the_difference_within_each_pair() -> None:
     assert 20 < added["slow"].median_ms < 45
     assert abs(added["same"].median_ms) < 8
     assert added["slow"].pairs == 30
+
+
+def test_cpu_seconds_counts_what_a_process_spends() -> None:
+    from bench.cpu import cpu_seconds
+
+    before = cpu_seconds([os.getpid()])
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    spent = cpu_seconds([os.getpid()]) - before
+    assert 0.2 <= spent <= 5
+    assert cpu_seconds([2**22 + 1]) == 0  # no such process: nothing, no error
