@@ -59,7 +59,7 @@ def pass_table(passing: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for name, by_target in passing.items():
-        if name == "added":
+        if name.startswith("added"):
             continue
         p, o = by_target["proxy --no-cache"], by_target["orthanc"]
         n = by_target["nginx, no cache"]
@@ -68,16 +68,29 @@ def pass_table(passing: dict[str, Any]) -> list[str]:
             f"| {_ratio(p.rps, o.rps)} | {_ratio(n.rps, o.rps)} "
             f"| {p.p50_ms:.2f} / {n.p50_ms:.2f} / {o.p50_ms:.2f} |"
         )
-    return [*lines, "", *added_table(passing["added"])]
+    lines += ["", *added_table(passing["added"], ORTHANC_PAIRS)]
+    if "added_instant" in passing:
+        lines += ["", *added_table(passing["added_instant"], INSTANT_PAIRS)]
+    return lines
 
 
-def added_table(added: dict[str, dict[str, Any]]) -> list[str]:
+ORTHANC_PAIRS = (
+    "Added latency for study metadata, measured in pairs (`bench/paired.py`: the same "
+    "request straight to Orthanc and through the target, back to back; the median "
+    "difference, averaged over both orders; Orthanc's own time drifts by milliseconds "
+    "between the rounds above, and from one connection to another):"
+)
+INSTANT_PAIRS = (
+    "The same pairs in front of an origin that answers Orthanc's metadata instantly "
+    "(`bench/instant.py`), so that what is measured is the intermediary's own time; "
+    "the SPEC target is judged on this one:"
+)
+
+
+def added_table(added: dict[str, dict[str, Any]], title: str) -> list[str]:
     """bench.paired: the same metadata request direct and through, back to back."""
     lines = [
-        "Added latency for study metadata, measured in pairs (`bench/paired.py`: the same "
-        "request straight to Orthanc and through the target, back to back; the median "
-        "difference, averaged over both orders; Orthanc's own time drifts by milliseconds "
-        "between the rounds above):",
+        title,
         "",
         "| target | pairs | added p50 ms | p25 / p75 ms |",
         "|---|---|---|---|",
@@ -152,7 +165,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     p, n, o = hit["proxy"].rps, hit["nginx"].rps, hit["orthanc"].rps
     passing = results["pass"]
     through = passing["512 KiB instances"]
-    added = passing["added"]["proxy --no-cache"]["median_ms"]
+    instant = "added_instant" in passing
+    added = passing["added_instant" if instant else "added"]["proxy --no-cache"]["median_ms"]
+    origin = "instant origin" if instant else "in front of Orthanc"
     peak = max(row["peak RSS MiB"] for row in results["rss"])
     wan, stow = results["wan"], results["stow"]
     warm = wan["direct"] / wan["warm"]
@@ -164,7 +179,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("hit 512 KiB ≥ 1.0 × nginx (stretch)", f"{p / n:.2f}×", _verdict(p / n >= 1.0)),
         ("hit 512 KiB ≥ 2 × Orthanc direct", f"{p / o:.2f}×", _verdict(p / o >= 2)),
         ("pass-through ≥ 0.9 × direct", f"{tp / to:.2f}×", _verdict(tp / to >= 0.9)),
-        ("added p50, study metadata ≤ 2 ms", f"{added:+.2f} ms", _verdict(added <= 2)),
+        (f"added p50, study metadata ≤ 2 ms ({origin})", f"{added:+.2f} ms", _verdict(added <= 2)),
         ("RSS < 200 MiB, 2 GiB retrieve + STOW", f"{peak:.0f} MiB", _verdict(peak < 200)),
         ("WAN warm load ≥ 10 × direct", f"{warm:.1f}×", _verdict(warm >= 10)),
         (

@@ -175,11 +175,43 @@ def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
     finally:
         proxy.stop()
         nginx.stop()
+    log(f"added latency in front of an instant origin: {plan.pairs} pairs per target")
+    instant = added_instantly(orthanc, metadata, plan.pairs)
     return {
         "512 KiB instances": throughput,
         "study metadata, 1 connection": latency,
         "added": {name: asdict(value) for name, value in added.items()},
+        "added_instant": {name: asdict(value) for name, value in instant.items()},
     }
+
+
+def added_instantly(
+    orthanc: Orthanc, metadata: hits.Workload, pairs: int
+) -> dict[str, paired.Added]:
+    """The same pairs in front of an origin that answers Orthanc's metadata at once
+    (``bench.instant``): what the intermediary itself adds."""
+    request = urllib.request.Request(
+        orthanc.url + metadata.paths[0], headers={"Accept": metadata.accept}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body, content_type = response.read(), response.headers["Content-Type"]
+    with tempfile.NamedTemporaryFile(suffix=".json") as stored:
+        stored.write(body)
+        stored.flush()
+        port = free_port()
+        origin = servers.Process("bench.instant", [str(port), stored.name, content_type], port)
+        proxy = nginx = None
+        try:
+            proxy = Proxy(origin.url + "/dicom-web", "--no-cache")
+            nginx = start_nginx(origin.port)
+            targets = {"proxy --no-cache": proxy.url, "nginx, no cache": nginx.url + "/nocache"}
+            return paired.added_latency(
+                origin.url, targets, metadata.paths[0], metadata.accept, pairs=pairs
+            )
+        finally:
+            for server in (proxy, nginx, origin):
+                if server is not None:
+                    server.stop()
 
 
 # -- section 3 --------------------------------------------------------------------------

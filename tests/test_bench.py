@@ -13,6 +13,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from bench import paired, wrk
 from bench.burst import percentile
@@ -144,3 +145,14 @@ def test_cpu_seconds_counts_what_a_process_spends() -> None:
     spent = cpu_seconds([os.getpid()]) - before
     assert 0.2 <= spent <= 5
     assert cpu_seconds([2**22 + 1]) == 0  # no such process: nothing, no error
+
+
+async def test_instant_origin_answers_every_get_with_its_body(aiohttp_client: Any) -> None:
+    from bench.instant import app
+
+    client = await aiohttp_client(app(b'[{"x": 1}]', "application/dicom+json"))
+    for path in ("/dicom-web/studies/1.2/metadata", "/anything"):
+        response = await client.get(path)
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/dicom+json"
+        assert await response.read() == b'[{"x": 1}]'
