@@ -44,8 +44,8 @@ bench: bench-packages $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy tests bench demo
-	$(BIN)/ruff format --check proxy tests bench demo
+	$(BIN)/ruff check proxy harness tests bench demo
+	$(BIN)/ruff format --check proxy harness tests bench demo
 	$(BIN)/mypy
 
 test: os-packages $(STAMP) lint

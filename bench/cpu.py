@@ -23,7 +23,8 @@ from bench import data, hits, wrk
 from bench.nginx import Nginx
 from bench.profile import WORKLOADS
 from bench.servers import Proxy
-from tests.orthanc import Orthanc, free_port
+from harness.net import free_port
+from harness.orthanc import Orthanc
 
 SECONDS = 5
 TICKS = os.sysconf("SC_CLK_TCK")

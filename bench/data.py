@@ -17,7 +17,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from tests.dicomgen import make_instance
+from harness.dicomgen import make_instance
 
 BOUNDARY = "bench-stow-boundary"
 STOW_CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import data, hits
 from bench.servers import Proxy
-from tests.orthanc import Orthanc
+from harness.orthanc import Orthanc
 
 
 def compare(orthanc: Orthanc, loads: list[hits.Workload], args: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import data, hits, wrk
 from bench.servers import Proxy
-from tests.orthanc import Orthanc
+from harness.orthanc import Orthanc
 
 WORKLOADS = {"metadata": 0, "64k": 1, "512k": 2, "8m": 3}
 FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.dicomgen import make_instance
-from tests.orthanc import free_port
-from tests.support import wait_port
+from harness.dicomgen import make_instance
+from harness.net import free_port, wait_port
 
 CHUNK = 1024 * 1024
 

@@ -21,7 +21,8 @@ from bench import data, hits, paired, rss, servers, stow, viewer
 from bench.burst import burst, percentile
 from bench.nginx import Nginx
 from bench.servers import Proxy
-from tests.orthanc import Orthanc, free_port
+from harness.net import free_port
+from harness.orthanc import Orthanc
 
 Log = Callable[[str], None]
 

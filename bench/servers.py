@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.nginx import _children
-from tests.orthanc import free_port
+from harness.net import free_port
 
 ADMIN_TOKEN = "bench-admin-token"
 

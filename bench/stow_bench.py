@@ -25,8 +25,9 @@ from pathlib import Path
 import aiohttp
 from pydicom.uid import generate_uid
 
-from tests.dicomgen import make_instance
-from tests.orthanc import Orthanc, free_port
+from harness.dicomgen import make_instance
+from harness.net import free_port
+from harness.orthanc import Orthanc
 
 BOUNDARY = "bench-boundary-5b1f0c"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'

@@ -20,9 +20,9 @@ import urllib.request
 from pathlib import Path
 
 from demo.ohif import viewer_dist
+from harness.dicomgen import PHANTOM_PATIENT, make_study
+from harness.orthanc import Orthanc
 from proxy.settings import parse_listen
-from tests.dicomgen import PHANTOM_PATIENT, make_study
-from tests.orthanc import Orthanc
 
 SERIES, SLICES, SIZE = 2, 20, 256
 

@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from harness.dicomgen import Study, make_study
 from proxy.dicomweb.multipart import MultipartReader, boundary_of, parse_media_type
 from proxy.errors import MalformedBody
-from tests.dicomgen import Study, make_study
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "authorization"}
 DICOM = 'multipart/related; type="application/dicom"'

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.dicomgen import Study, make_study
-from tests.orthanc import Orthanc
+from harness.dicomgen import Study, make_study
+from harness.orthanc import Orthanc
 from tests.support import ProxyThread, make_settings
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from harness.net import free_port
 from proxy.dicomweb.multipart import MultipartReader, boundary_of, parse_media_type
-from tests.orthanc import free_port
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

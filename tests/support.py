@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
+from harness.net import free_port
 from proxy.app import create_app
 from proxy.settings import Settings
-from tests.orthanc import free_port
 
 
 class ProxyThread:
@@ -100,16 +100,3 @@ def serve_process(
         "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", *extra,
     ]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL)
-
-
-async def wait_port(port: int, timeout: float = 20.0) -> None:
-    """Until something accepts connections on ``port`` (no fixed sleeps)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")

@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from harness.net import free_port
 from proxy.app import create_app
-from tests.orthanc import free_port
 from tests.support import make_settings
 from tests.upstreams import Relay, misbehaving_app
 

@@ -16,10 +16,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from harness.dicomgen import Study, make_instance, make_study
+from harness.net import free_port, wait_port
+from harness.orthanc import Orthanc
 from proxy.app import create_app
-from tests.dicomgen import Study, make_instance, make_study
-from tests.orthanc import Orthanc, free_port
-from tests.support import make_settings, serve_process, wait_port
+from tests.support import make_settings, serve_process
 from tests.upstreams import RawUpstream, Relay
 
 Start = Callable[..., Any]

@@ -37,6 +37,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from harness.dicomgen import make_study
+from harness.net import free_port
+from harness.orthanc import Orthanc
 from proxy.dicomweb.rewrite import Rewriter
 from tests.chaos import (
     FaultyUpstream,
@@ -47,8 +50,6 @@ from tests.chaos import (
     parts_of,
     rss_kib,
 )
-from tests.dicomgen import make_study
-from tests.orthanc import Orthanc, free_port
 
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "25"))
 REQUESTS = int(os.environ.get("CHAOS_REQUESTS", "3000"))

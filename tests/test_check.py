@@ -10,7 +10,8 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.orthanc import Orthanc, free_port
+from harness.net import free_port
+from harness.orthanc import Orthanc
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,9 +25,9 @@ import jsonschema
 import pytest
 import yaml
 
+from harness.net import free_port
 from proxy import settings
 from proxy.settings import OPTION_FIELDS, option_env
-from tests.orthanc import free_port
 from tests.support import ProxyThread
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,8 +7,8 @@ import io
 import pydicom
 from dicomweb_client.api import DICOMwebClient
 
-from tests.dicomgen import Study, make_study
-from tests.orthanc import Orthanc
+from harness.dicomgen import Study, make_study
+from harness.orthanc import Orthanc
 from tests.support import ProxyThread
 
 

@@ -17,14 +17,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from harness.dicomgen import make_study
+from harness.net import free_port
+from harness.orthanc import Orthanc
 from proxy.app import create_app
 from proxy.cache import fill as fill_module
 from proxy.cache import service as cache_service
 from proxy.cache.store import free_bytes
 from proxy.stow import dead_letter as dead_letter_module
 from proxy.stow.spool import SpooledPart
-from tests.dicomgen import make_study
-from tests.orthanc import Orthanc, free_port
 from tests.relay import Faults as StowFaults
 from tests.relay import Relay as StowRelay
 from tests.support import make_settings

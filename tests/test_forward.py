@@ -12,9 +12,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from harness.dicomgen import Study
+from harness.net import free_port
+from harness.orthanc import Orthanc
 from proxy.app import create_app
-from tests.dicomgen import Study
-from tests.orthanc import Orthanc, free_port
 from tests.support import make_settings
 from tests.upstreams import Relay, misbehaving_app
 

@@ -19,9 +19,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from harness.dicomgen import Study
+from harness.net import free_port
+from harness.orthanc import Orthanc
 from proxy import logs, metrics
-from tests.dicomgen import Study
-from tests.orthanc import Orthanc, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

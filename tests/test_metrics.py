@@ -16,10 +16,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.dicomgen import Study
+from harness.net import free_port, wait_port
+from harness.orthanc import Orthanc
 from proxy import logs, metrics
-from tests.dicomgen import Study
-from tests.orthanc import Orthanc, free_port
-from tests.support import ProxyThread, serve_process, wait_port
+from tests.support import ProxyThread, serve_process
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -248,7 +249,7 @@ def test_bytes_served_from_the_cache_count_sendfile_bodies(
     start_proxy: Callable[..., ProxyThread], orthanc: Orthanc
 ) -> None:
     """Bodies sent with sendfile bypass aiohttp's byte count; they must still count."""
-    from tests.dicomgen import make_study
+    from harness.dicomgen import make_study
 
     big = make_study(1, 1, rows=256, columns=256)  # ~128 KiB: sent with sendfile
     for _, _, data in big.instances:

@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from harness.dicomgen import Study
+from harness.orthanc import Orthanc
 from proxy import prefetch
-from tests.dicomgen import Study
-from tests.orthanc import Orthanc
 from tests.recorder import Recorder
 from tests.support import ProxyThread
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from harness.dicomgen import Study, make_study
+from harness.orthanc import Orthanc
 from proxy.app import create_app
-from tests.dicomgen import Study, make_study
-from tests.orthanc import Orthanc
 from tests.support import make_settings
 from tests.upstreams import Relay
 

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from harness.dicomgen import Study
+from harness.orthanc import Orthanc
 from proxy import admin, metrics
-from tests.dicomgen import Study
-from tests.orthanc import Orthanc
 from tests.support import ProxyThread, make_settings
 
 TOKEN = "status-page-token-8f3a"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from yarl import URL
 
+from harness.dicomgen import make_study
 from proxy.dicomweb.stow_response import Sop
 from proxy.errors import InsufficientStorage, MalformedBody, UnsupportedMediaType
 from proxy.stow import spool as spool_module
@@ -20,7 +21,6 @@ from proxy.stow.batch import Batch, encode, plan
 from proxy.stow.dead_letter import DeadLetter, new_record
 from proxy.stow.send import Policy, Sender, _retry_after
 from proxy.stow.spool import Instance, Kind, SpooledPart, _dicom_instance, spool
-from tests.dicomgen import make_study
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -22,8 +22,9 @@ from aiohttp import ClientSession, web
 from playwright.sync_api import Browser, Page, Request, Response, sync_playwright
 
 from demo.ohif import viewer_dist
-from tests.dicomgen import PHANTOM_PATIENT, Study, make_study
-from tests.orthanc import Orthanc, free_port
+from harness.dicomgen import PHANTOM_PATIENT, Study, make_study
+from harness.net import free_port
+from harness.orthanc import Orthanc
 from tests.support import ProxyThread
 
 CHROMIUM = "/usr/bin/chromium"

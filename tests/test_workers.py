@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.orthanc import free_port
-from tests.support import serve_process, wait_port
+from harness.net import free_port, wait_port
+from tests.support import serve_process
 from tests.upstreams import RawUpstream
 
 INSTANCE = "/dicom-web/studies/1.2.3/series/4.5/instances/6.7"

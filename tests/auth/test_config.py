@@ -10,9 +10,9 @@ import pytest
 from aiohttp import web
 from passlib.hash import apr_md5_crypt
 
+from harness.net import free_port
 from proxy.cli import main
 from tests.authservers import BearerUpstream, TokenEndpoint
-from tests.orthanc import free_port
 
 RunCheck = Callable[..., Awaitable[tuple[int, str]]]
 UPSTREAM = ["--upstream-url", "http://127.0.0.1:9/dicom-web"]

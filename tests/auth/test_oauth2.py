@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from harness.net import free_port
 from proxy.auth.oauth2 import ClientConfig, OAuth2Credentials, parse_token_response
 from proxy.auth.watched import Secret
 from proxy.errors import UpstreamAuthFailed
 from proxy.upstream import Upstream
 from tests.auth.conftest import Clock, settings_for
 from tests.authservers import BearerUpstream, TokenEndpoint
-from tests.orthanc import free_port
 
 
 def credentials_for(

@@ -11,9 +11,9 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from requests import HTTPError
 
+from harness.dicomgen import Study, make_study
+from harness.orthanc import Orthanc
 from proxy.cli import main
-from tests.dicomgen import Study, make_study
-from tests.orthanc import Orthanc
 from tests.support import ProxyThread
 
 PASSWORD = "orthanc-pw-7f3e"
