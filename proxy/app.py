@@ -103,7 +103,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = Store.open(settings.cache_path, settings.cache_size)
-    cache = Cache(settings, store, app[UPSTREAM])
+    cache = Cache(settings, store, app[UPSTREAM], app.get(metrics.METRICS))
     app[CACHE] = cache
     app[STUDIES_CHANGED].append(cache.studies_changed)
     yield

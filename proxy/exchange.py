@@ -17,6 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy import headers as hdrs
+from proxy.dicomweb import coding
 from proxy.dicomweb.rewrite import Rewriter
 from proxy.dicomweb.uri import InvalidPath, Resource, check_path, classify
 from proxy.errors import BadRequest
@@ -48,6 +49,7 @@ class Exchange:
             peer=self.peer,
             request_id=self.request_id,
             pass_credentials=self.pass_credentials,
+            accept_encoding=coding.upstream_accept_encoding(self.resource.answers_in_text),
         )
 
 

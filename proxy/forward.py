@@ -14,12 +14,11 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import headers as hdrs
+from proxy.dicomweb.coding import accepts_gzip
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
 from proxy.errors import PayloadTooLarge, ProxyError, RequestTimeout, UpstreamError
 from proxy.exchange import Exchange
-from proxy.upstream import CHUNK, Upstream, iter_body
-
-_COMPRESSIBLE = ("json",)
+from proxy.upstream import CHUNK, Upstream, body_headers, iter_body
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 REWRITE = web.ResponseKey("rewrite", bool)
@@ -109,7 +108,7 @@ async def _exchange(
         client = start_response(
             request,
             response.status,
-            response.headers,
+            body_headers(response),
             exchange.rewriter,
             request_id=exchange.request_id,
             x_cache=x_cache,
@@ -148,9 +147,13 @@ def head_for(
     x_cache: str | None = None,
 ) -> Head:
     content_type = source.get("Content-Type", "")
-    rewrite = carries_urls(content_type)
+    # A body in a coding the proxy could not decode goes as it came (SPEC section 2).
+    coded = "Content-Encoding" in source
+    rewrite = carries_urls(content_type) and not coded
     compress = should_compress(request, content_type, source)
     headers = hdrs.client_response_headers(source, rewriter, keep_length=not (rewrite or compress))
+    if compressible(content_type) and not coded:
+        hdrs.add_vary(headers, "Accept-Encoding")
     if x_cache:
         headers["X-Cache"] = x_cache
     return Head(status, headers, rewrite, compress)
@@ -203,10 +206,14 @@ def abort(request: web.Request) -> None:
 def should_compress(
     request: web.Request, content_type: str, upstream: Headers | Mapping[str, str]
 ) -> bool:
-    """gzip JSON towards clients that accept it, unless the upstream already encoded it."""
+    """gzip JSON and XML towards clients that accept it, unless the body is coded
+    already (in a coding the proxy could not decode)."""
     if "Content-Encoding" in upstream or request.method == "HEAD":
         return False
-    if "gzip" not in request.headers.get("Accept-Encoding", "").lower():
-        return False
-    main = content_type.split(";", 1)[0].lower()
-    return any(word in main for word in _COMPRESSIBLE)
+    return compressible(content_type) and accepts_gzip(request.headers.get("Accept-Encoding"))
+
+
+def compressible(content_type: str) -> bool:
+    """JSON, XML and WADL answers; never multipart, images or DICOM bulk data."""
+    main = content_type.split(";", 1)[0].strip().lower()
+    return not main.startswith("multipart/") and any(w in main for w in ("json", "xml", "wadl"))

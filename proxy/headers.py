@@ -41,6 +41,8 @@ _CLIENT_ONLY = frozenset(
         "via",
         "content-length",
         "expect",
+        # Content coding is the proxy's own business on each side (SPEC section 2).
+        "accept-encoding",
     }
 )
 # Client credentials reach the upstream only with --upstream-auth passthrough.
@@ -65,8 +67,10 @@ def upstream_request_headers(
     peer: str | None,
     request_id: str,
     pass_credentials: bool,
+    accept_encoding: str,
 ) -> CIMultiDict[str]:
-    """The headers sent upstream for a client request."""
+    """The headers sent upstream for a client request; ``accept_encoding`` is the
+    proxy's choice, never the client's."""
     drop = HOP_BY_HOP | _CLIENT_ONLY | _connection_tokens(client)
     if not pass_credentials:
         drop = drop | CREDENTIALS
@@ -78,6 +82,7 @@ def upstream_request_headers(
         headers["X-Forwarded-For"] = forwarded_for
     headers["Via"] = _append_via(client.get("Via"))
     headers["X-Request-ID"] = request_id
+    headers["Accept-Encoding"] = accept_encoding
     if "Content-Length" in client and "Transfer-Encoding" not in client:
         headers["Content-Length"] = client["Content-Length"]
     return headers

@@ -13,6 +13,7 @@ functions below; each takes the ``web.Application`` (or a request, or a
     metrics.stow_batch(app, "stored", n)   # stored | partial | failed | retried | split
     metrics.stow_instances(app, "stored", n)  # stored | failed | dead_lettered
     metrics.dead_letter_entries(app, n)    # gauge: entries now in the dead-letter store
+    metrics.cache_not_stored(m, "unexpected_type")  # unexpected_type | undecodable
 
 ``cache_result`` and ``served_bytes`` are recorded for every client response by the
 access-log middleware (:mod:`proxy.logs`) from its ``X-Cache`` header (SPEC section 3);
@@ -73,6 +74,9 @@ CACHE_RESULTS = ("hit", "miss", "stale", "bypass", "revalidated")
 SOURCES = ("cache", "upstream")
 BATCH_OUTCOMES = ("stored", "partial", "failed", "retried", "split")
 INSTANCE_OUTCOMES = ("stored", "failed", "dead_lettered")
+# Complete 200s the cache refused (SPEC section 3): a Content-Type that does not answer
+# the request (a gateway's login page), or a coding the proxy cannot decode.
+NOT_STORED_REASONS = ("unexpected_type", "undecodable")
 
 CacheStats = Callable[[], Mapping[str, int]]
 CACHE_STATS: web.AppKey[CacheStats] = web.AppKey("cache_stats")
@@ -148,6 +152,14 @@ class Metrics:
             registry=reg,
             multiprocess_mode="mostrecent",
         )
+        self.not_stored = Counter(
+            "dicomweb_proxy_cache_not_stored",
+            "Complete upstream 200s relayed but not stored, by reason",
+            ("reason",),
+            registry=reg,
+        )
+        for reason in NOT_STORED_REASONS:
+            self.not_stored.labels(reason)
         for result in CACHE_RESULTS:
             self.cache_requests.labels(result)
         for source in SOURCES:
@@ -214,11 +226,11 @@ class Metrics:
 
 METRICS = web.AppKey("metrics", Metrics)
 
-Target = web.Application | web.Request | Metrics
+Target = web.Application | web.Request | Metrics | None
 
 
 def _resolve(target: Target) -> Metrics | None:
-    if isinstance(target, Metrics):
+    if target is None or isinstance(target, Metrics):
         return target
     app = target.app if isinstance(target, web.Request) else target
     return app.get(METRICS)
@@ -266,6 +278,12 @@ def stow_instances(target: Target, outcome: str, count: int = 1) -> None:
     found = _resolve(target)
     if found and count > 0:
         found.stow_instances.labels(outcome).inc(count)
+
+
+def cache_not_stored(target: Target, reason: str) -> None:
+    found = _resolve(target)
+    if found and reason in NOT_STORED_REASONS:
+        found.child(found.not_stored, reason).inc()
 
 
 def dead_letter_entries(target: Target, count: int) -> None:

@@ -18,10 +18,11 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 
 import aiohttp
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.auth.credentials import Credentials
+from proxy.dicomweb import coding
 from proxy.dicomweb.ending import end_check
 from proxy.errors import UpstreamError, UpstreamInvalid, UpstreamTimeout, UpstreamUnreachable
 from proxy.settings import Settings
@@ -59,7 +60,8 @@ class Upstream:
             ssl=_ssl_context(settings),
             keepalive_timeout=30,
         )
-        # auto_decompress off: Content-Encoding passes through to the client untouched.
+        # auto_decompress off: codings are decoded by iter_body, which also tells a
+        # coding it cannot decode (relayed as it came) from one it can.
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
@@ -120,9 +122,12 @@ class Upstream:
         data: Body | BodyFactory,
         authorization: str | None,
     ) -> aiohttp.ClientResponse:
-        if authorization is not None:
+        if authorization is not None or "Accept-Encoding" not in headers:
             headers = CIMultiDict(headers)  # the caller's mapping is never changed
-            headers["Authorization"] = authorization
+            # Without Accept-Encoding an origin may pick any coding (RFC 9110 12.5.3).
+            headers.setdefault("Accept-Encoding", coding.GZIP_TEXT)
+            if authorization is not None:
+                headers["Authorization"] = authorization
         body = data() if callable(data) else data
         started = time.perf_counter()
         try:
@@ -154,20 +159,43 @@ def _replayable(data: Body | BodyFactory) -> bool:
     return data is None or isinstance(data, bytes) or callable(data)
 
 
+def body_headers(response: aiohttp.ClientResponse) -> CIMultiDictProxy[str] | CIMultiDict[str]:
+    """The response headers as they describe the body :func:`iter_body` yields: without
+    ``Content-Encoding`` and ``Content-Length`` when the body is decoded on the way."""
+    if not coding.decodes(response.headers.get("Content-Encoding")):
+        return response.headers
+    headers = CIMultiDict(response.headers)
+    headers.popall("Content-Encoding")
+    headers.popall("Content-Length", None)
+    return headers
+
+
+def checks_its_end(response: aiohttp.ClientResponse) -> bool:
+    """Whether a body that ends is known to be whole: aiohttp checks length and
+    chunked framing, and a decoder checks that its compressed stream ended."""
+    return _framed(response) or coding.decodes(response.headers.get("Content-Encoding"))
+
+
 async def iter_body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The response body in chunks; a short or broken body raises UpstreamInvalid.
+    """The response body in chunks, decoded from any coding that can be decoded
+    (:mod:`proxy.dicomweb.coding`); a short or broken body raises UpstreamInvalid.
 
     aiohttp checks ``Content-Length`` and chunked framing and raises
-    ``ClientPayloadError`` when the connection drops early; a close-delimited body that
-    stops early cannot be told from a complete one by HTTP, so its multipart closing
-    boundary or JSON structure is checked (:mod:`proxy.dicomweb.ending`).
+    ``ClientPayloadError`` when the connection drops early, and a decoder notices a
+    compressed stream cut short; a close-delimited identity body that stops early
+    cannot be told from a complete one by HTTP, so its multipart closing boundary or
+    JSON structure is checked (:mod:`proxy.dicomweb.ending`).
     """
-    check = None if _framed(response) else end_check(response.headers)
+    decoder = coding.decoder_for(response.headers.get("Content-Encoding"))
+    check = None if _framed(response) else end_check(body_headers(response))
     with translate_errors():
-        async for chunk in response.content.iter_chunked(CHUNK):
-            if check is not None:
-                check.feed(chunk)
-            yield chunk
+        async for raw in response.content.iter_chunked(CHUNK):
+            for chunk in decoder.decode(raw) if decoder else (raw,):
+                if check is not None:
+                    check.feed(chunk)
+                yield chunk
+        if decoder is not None:
+            decoder.finish()
     if check is not None and not check.whole():
         raise UpstreamInvalid("the upstream closed the connection before the body ended")
 
@@ -197,6 +225,8 @@ def translate_errors() -> Iterator[None]:
         yield
     except UpstreamError:
         raise
+    except coding.CodingError as exc:
+        raise UpstreamInvalid(f"the upstream body cannot be decoded: {exc}") from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout("the upstream did not answer in time") from exc
     except aiohttp.ClientConnectorError as exc:

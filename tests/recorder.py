@@ -12,8 +12,10 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-_REQUEST_HEADERS = ("Accept", "Content-Type")
-_RESPONSE_HEADERS = ("Content-Type", "Content-Location", "Location")
+# Transparent for content coding: the proxy's Accept-Encoding goes on, the origin's
+# Content-Encoding comes back with the body as it was sent.
+_REQUEST_HEADERS = ("Accept", "Accept-Encoding", "Content-Type")
+_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Content-Location", "Location")
 
 
 class Recorder:
@@ -38,7 +40,9 @@ class Recorder:
     async def relay(self, request: web.Request) -> web.StreamResponse:
         self.paths[request.path] += 1
         if self._session is None:
-            self._session = aiohttp.ClientSession(auto_decompress=False)
+            self._session = aiohttp.ClientSession(
+                auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+            )
         given = request.headers
         headers = {name: given[name] for name in _REQUEST_HEADERS if name in given}
         url = URL(str(self.target) + request.raw_path, encoded=True)

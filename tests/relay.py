@@ -129,14 +129,13 @@ class Relay:
         }
         async with self.session.request(request.method, url, data=body, headers=headers) as up:
             data = await up.read()
-            return web.Response(
-                status=up.status,
-                body=data,
-                headers={
-                    "Content-Type": up.headers.get("Content-Type", "application/octet-stream"),
-                    "Warning": '299 relay "relayed"',
-                },
-            )
+            headers = {
+                "Content-Type": up.headers.get("Content-Type", "application/octet-stream"),
+                "Warning": '299 relay "relayed"',
+            }
+            if "Content-Encoding" in up.headers:  # the body is relayed as it came
+                headers["Content-Encoding"] = up.headers["Content-Encoding"]
+            return web.Response(status=up.status, body=data, headers=headers)
 
 
 async def _parts(request: web.Request, body: bytes) -> list[Part]:

@@ -36,7 +36,7 @@ from multidict import CIMultiDict
 
 from proxy.dicomweb.media import parse_media_type
 from proxy.errors import ProxyError, UpstreamInvalid
-from proxy.upstream import CHUNK, iter_body
+from proxy.upstream import CHUNK, body_headers, checks_its_end, iter_body
 
 # Bytes a spilled fill may hold in memory ahead of its slowest reader.
 SPILL_WINDOW = 4 * CHUNK
@@ -79,7 +79,7 @@ class Fill:
         try:
             async with open_response() as response:
                 self.status = response.status
-                self.headers = CIMultiDict(response.headers)
+                self.headers = CIMultiDict(body_headers(response))
                 self.headers_ready.set()
                 await self._copy_body(response)
                 self.complete = self._is_complete(response) and not self.spilled
@@ -153,17 +153,19 @@ class Fill:
         self._consumed.set()
 
     def _is_complete(self, response: aiohttp.ClientResponse) -> bool | None:
-        """Step 3.  A close-delimited body that stops early looks complete to HTTP, so
-        only framed bodies (length or chunked) or multipart bodies whose closing
-        boundary arrived (RFC 2046 section 5.1.1) are trusted.  None: known truncated."""
-        length = response.headers.get("Content-Length")
+        """Step 3, on the body as stored (decoded from any coding).  A close-delimited
+        body that stops early looks complete to HTTP, so only bodies whose end was
+        checked (length, chunked framing, the end of a compressed stream) or multipart
+        bodies whose closing boundary arrived (RFC 2046 section 5.1.1) are trusted.
+        None: known truncated."""
+        length = self.headers.get("Content-Length")  # absent when decoded
         if length is not None and int(length) != self.written:
             return False
-        main, params = parse_media_type(response.headers.get("Content-Type", ""))
+        main, params = parse_media_type(self.headers.get("Content-Type", ""))
         if main.startswith("multipart/"):
             boundary = params.get("boundary", "")
             return True if f"--{boundary}--".encode() in self._tail else None
-        return length is not None or response.headers.get("Transfer-Encoding") == "chunked"
+        return checks_its_end(response)
 
     def _wake(self) -> None:
         self._progress.set()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -26,7 +27,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import forward
+from proxy import forward, metrics
 from proxy.cache.fill import Fill, FillReader, file_chunks
 from proxy.cache.heads import Heads
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
@@ -35,11 +36,15 @@ from proxy.cache.readahead import ReadAhead
 from proxy.cache.rewritten import Rewritten
 from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
 from proxy.cache.stored import JOIN_BELOW, SENDFILE_FROM, StoredBody
+from proxy.dicomweb.media import answers
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
 from proxy.errors import ProxyError, UpstreamError, UpstreamInvalid, UpstreamTimeout
 from proxy.exchange import Exchange
+from proxy.metrics import Metrics
 from proxy.settings import Settings
 from proxy.upstream import Upstream, read_bounded
+
+log = logging.getLogger("dicomweb_proxy")
 
 # Below this much free disk the cache stops filling (and keeps serving).
 MIN_FREE_BYTES = 64 * 1024**2
@@ -49,8 +54,15 @@ _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 class Cache:
     """Store + single-flight fills + study revalidation, for one upstream."""
 
-    def __init__(self, settings: Settings, store: Store, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        upstream: Upstream,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.store = store
         self.upstream = upstream
         self.results: Counter[str] = Counter()
@@ -344,7 +356,8 @@ class Cache:
             # Leave the registry only once the entry is in the store (or discarded):
             # a request arriving in between must find one or the other.
             try:
-                await self._commit(done, policy, count)
+                if self._answers_request(done, exchange):
+                    await self._commit(done, policy, count)
             finally:
                 done.discard()  # a no-op once the store adopted the file
                 del self._fills[policy.key]
@@ -353,6 +366,30 @@ class Cache:
 
         self._spawn(fill.run(open_response, commit))
         return fill
+
+    def _answers_request(self, fill: Fill, exchange: Exchange) -> bool:
+        """SPEC section 3: only the representation asked for is stored.  A complete 200
+        that is something else (a gateway's login page or text/plain error, JSON for a
+        multipart request) or in a coding the proxy cannot decode is relayed once,
+        logged and counted, never stored."""
+        if fill.status != 200 or fill.complete is not True:
+            return True  # not storable anyway, and not a surprise worth a warning
+        content_type = fill.headers.get("Content-Type", "")
+        if "Content-Encoding" in fill.headers:
+            reason = "undecodable"
+        elif answers(content_type, asked_for(exchange), exchange.resource.default_answers):
+            return True
+        else:
+            reason = "unexpected_type"
+        log.warning(
+            "not cached: the upstream answered %s with %s (%s) [%s]",
+            exchange.resource.transaction.value,
+            content_type.split(";", 1)[0] or "no Content-Type",
+            reason,
+            exchange.request_id,
+        )
+        metrics.cache_not_stored(self.metrics, reason)
+        return False
 
     async def _commit(self, fill: Fill, policy: Policy, count: asyncio.Task[int] | None) -> None:
         """Step 4 of the fill: adopt the file only if it is a complete, storable 200."""
@@ -457,6 +494,13 @@ def _from_memory(head: forward.Head, request_id: str, data: bytes) -> web.Respon
     if head.compress:
         response.enable_compression(web.ContentCoding.gzip)
     return response
+
+
+def asked_for(exchange: Exchange) -> str | None:
+    """The media ranges asked for: the ``accept`` query parameter overrides the
+    ``Accept`` header (PS3.18 section 8.3.3.1)."""
+    given = exchange.upstream_url.query.getall("accept", [])
+    return ",".join(given) if given else exchange.client_headers.get("Accept")
 
 
 def _instance_count(body: bytes) -> int:

@@ -67,3 +67,70 @@ def _split_outside_quotes(value: str, separator: str) -> list[str]:
             current.append(char)
     parts.append("".join(current))
     return parts
+
+
+# What a request that accepts anything (no Accept, or only */*) may be answered with, per
+# kind of resource (PS3.18 sections 8.7.3 and 8.7.4).  A gateway's HTML login page or
+# text/plain error is none of these: a rendered SR asked for as text/html says so in
+# its Accept.
+_TEXT_ANSWERS = (
+    "application/dicom+json",
+    "application/json",
+    "application/dicom+xml",
+    "multipart/related",
+    "application/xml",
+    "text/xml",
+    "application/vnd.sun.wadl+xml",
+)
+_BULK_ANSWERS = (
+    "multipart/related",
+    "application/dicom",
+    "application/octet-stream",
+    "application/zip",
+    "image/*",
+    "video/*",
+)
+_RENDERED_ANSWERS = ("image/*", "video/*", "application/pdf")
+# DICOM JSON is sent as either name by real servers (PS3.18 8.7.3.5).
+_SAME = {"application/json": "application/dicom+json"}
+
+
+def default_answers(*, text: bool, rendered: bool) -> tuple[str, ...]:
+    if rendered:
+        return _RENDERED_ANSWERS
+    return _TEXT_ANSWERS if text else _BULK_ANSWERS
+
+
+def answers(content_type: str, accept: str | None, defaults: tuple[str, ...]) -> bool:
+    """Whether a response of ``content_type`` is a representation the request asked
+    for: it matches one of the ``accept`` media ranges (``type=`` of a multipart range
+    included), or one of ``defaults`` where the request accepts anything."""
+    main, params = parse_media_type(content_type)
+    if not main:
+        return False
+    ranges = [parse_media_type(item) for item in _split_outside_quotes(accept or "", ",")]
+    ranges = [(m, p) for m, p in ranges if m and p.get("q", "1").strip() not in {"0", "0.0"}]
+    if not ranges or any(m == "*/*" for m, _ in ranges):
+        ranges += [(d, {}) for d in defaults]
+    return any(_matches(main, params, m, p) for m, p in ranges if m != "*/*")
+
+
+def _matches(main: str, params: dict[str, str], wanted: str, wanted_params: dict[str, str]) -> bool:
+    if wanted.endswith("/*"):
+        return main.startswith(wanted[:-1])
+    if _SAME.get(main, main) != _SAME.get(wanted, wanted):
+        return False
+    wanted_part, given = _part_type(wanted_params), _part_type(params)
+    # A multipart range that names its part type is answered only by parts of that
+    # type; a response that does not say is judged by its main type alone.
+    return wanted_part is None or given is None or given == wanted_part
+
+
+def _part_type(params: dict[str, str]) -> str | None:
+    """The ``type`` of a multipart media type, as a bare media type: Orthanc writes
+    ``type="application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"``."""
+    value = params.get("type")
+    if value is None:
+        return None
+    main = value.split(";", 1)[0].strip().lower()
+    return _SAME.get(main, main)

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from proxy.dicomweb.media import default_answers
+
 # PS3.5 section 9.1: digits and dots, no leading zero per component, at most 64 chars.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _RENDERED = frozenset({"rendered", "thumbnail"})
@@ -63,6 +65,17 @@ class Resource:
     @property
     def is_rendered(self) -> bool:
         return self.transaction is Transaction.WADO_RENDERED
+
+    @property
+    def answers_in_text(self) -> bool:
+        """JSON or XML answers: QIDO-RS results, metadata, STOW-RS responses, WADL.
+        Retrieves, frames, bulk data and rendered images are bulk data."""
+        return self.transaction not in {Transaction.WADO, Transaction.WADO_RENDERED}
+
+    @property
+    def default_answers(self) -> tuple[str, ...]:
+        """Media types that answer a request for this resource that accepts anything."""
+        return default_answers(text=self.answers_in_text, rendered=self.is_rendered)
 
 
 def is_valid_uid(text: str) -> bool:
