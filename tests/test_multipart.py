@@ -54,7 +54,7 @@ def test_parse_media_type(value: str, main: str, params: dict[str, str]) -> None
     [
         "multipart/related; type=application/dicom",
         "multipart/related; boundary=",
-        "multipart/related; boundary=" + "x" * 71,
+        "multipart/related; boundary=" + "x" * 201,
         'multipart/related; boundary="ends with space "',
         "multipart/related; boundary=bad{char}",
     ],
@@ -62,6 +62,28 @@ def test_parse_media_type(value: str, main: str, params: dict[str, str]) -> None
 def test_invalid_boundaries(value: str) -> None:
     with pytest.raises(MalformedBody):
         boundary_of(parse_media_type(value))
+
+
+@pytest.mark.parametrize(
+    "boundary",
+    [
+        # Orthanc 1.10's STOW-RS client and WADO-RS answers: 73 characters, over RFC 2046's 70.
+        "1ccbd4e2-3ff8-46d2-978a-8e20d88cd27c-dde4559e-27b0-463d-bbea-a4274ad4c123",
+        "b" * 200,
+    ],
+)
+async def test_boundaries_longer_than_rfc_2046_are_read(boundary: str) -> None:
+    value = f"multipart/related; type=application/dicom; boundary={boundary}"
+    assert boundary_of(parse_media_type(value)) == boundary
+    body = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\nDATA\r\n--{boundary}--\r\n"
+    assert await read_all(body.encode(), boundary, 7) == [
+        ({"content-type": "application/dicom"}, b"DATA")
+    ]
+
+
+def test_a_boundary_over_200_characters_is_named_in_the_error() -> None:
+    with pytest.raises(MalformedBody, match="longer than 200"):
+        boundary_of(parse_media_type("multipart/related; boundary=" + "x" * 201))
 
 
 WELL_FORMED = [

@@ -25,8 +25,12 @@ _PARAM = re.compile(
     r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)', re.DOTALL
 )
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
-# RFC 2046 section 5.1.1 bchars, at most 70, not ending in a space.
-_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
+# RFC 2046 section 5.1.1 bchars, not ending in a space.  RFC 2046 allows 70 of them;
+# real peers write more (Orthanc 1.10: 73), so up to MAX_BOUNDARY are taken (SPEC 2).
+MAX_BOUNDARY = 200
+_BOUNDARY = re.compile(
+    r"^[0-9A-Za-z'()+_,\-./:=? ]{0,%d}[0-9A-Za-z'()+_,\-./:=?]$" % (MAX_BOUNDARY - 1)
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ def boundary_of(media_type: MediaType) -> str:
     boundary = media_type.params.get("boundary")
     if not boundary:
         raise MalformedBody("multipart/related without a boundary parameter")
+    if len(boundary) > MAX_BOUNDARY:
+        raise MalformedBody(f"the multipart boundary is longer than {MAX_BOUNDARY} characters")
     if not _BOUNDARY.match(boundary):
         raise MalformedBody("the multipart boundary is not valid (RFC 2046 section 5.1.1)")
     return boundary
