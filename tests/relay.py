@@ -44,6 +44,7 @@ class Faults:
     fail_always: bool = False  # answer 503 to every request
     max_parts: int | None = None  # answer 413 above this many parts
     answer_locally: bool = False  # do not forward; answer a success for every part
+    unreadable_200: bool = False  # forward, then answer 200 with a body no one can read
 
 
 @dataclass
@@ -129,6 +130,9 @@ class Relay:
         }
         async with self.session.request(request.method, url, data=body, headers=headers) as up:
             data = await up.read()
+            if faults.unreadable_200 and up.status == 200:
+                # A gateway that replaces the archive's answer (seen: an HTML page).
+                return web.Response(text="<html>stored</html>", content_type="text/html")
             headers = {
                 "Content-Type": up.headers.get("Content-Type", "application/octet-stream"),
                 "Warning": '299 relay "relayed"',

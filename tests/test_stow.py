@@ -161,6 +161,40 @@ def test_dicomweb_client_store_instances(
     assert len(stored(orthanc, study.uid)) == 5
 
 
+def test_dicomweb_client_store_instances_on_a_stock_orthanc(
+    orthanc: Orthanc, proxy: ProxyThread
+) -> None:
+    """requests asks for gzip, the proxy asks Orthanc for gzip: every instance referenced."""
+    study = make_study(1, 3, rows=16, columns=16)
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for _, _, data in study.instances]
+    result = DICOMwebClient(url=proxy.dicomweb).store_instances(datasets)
+    got = {item.ReferencedSOPInstanceUID for item in result.ReferencedSOPSequence}
+    assert got == {uid for _, uid, _ in study.instances}
+    assert "FailedSOPSequence" not in result
+    assert stored(orthanc, study.uid) == got
+
+
+def test_a_200_with_an_unreadable_body_is_stored_not_failed(
+    orthanc: Orthanc, start_proxy: Callable[..., ProxyThread]
+) -> None:
+    """SPEC section 5: what the archive accepted is reported stored and never kept in the
+    dead letter (replaying it would store it twice)."""
+    relay = Relay(orthanc.dicomweb, faults=Faults(unreadable_200=True)).start()
+    try:
+        proxy = start_proxy(relay.dicomweb, stow_max_instances=2, **FAST)
+        study = make_study(1, 3, rows=16, columns=16)
+        body = dicom_parts([d for _, _, d in study.instances])
+        response = post(proxy.dicomweb, body, DICOM_TYPE)
+    finally:
+        relay.stop()
+    assert response.status_code == 200, response.text
+    assert referenced(response.json()) == {uid for _, uid, _ in study.instances}
+    assert "00081198" not in response.json()
+    assert [r.status for r in relay.stow_requests] == [200, 200]
+    assert admin(proxy, "GET", "/admin/dead-letter").json()["entries"] == []
+    assert stored(orthanc, study.uid) == {uid for _, uid, _ in study.instances}
+
+
 def test_single_part_application_dicom(orthanc: Orthanc, proxy: ProxyThread) -> None:
     study = make_study(1, 1, rows=16, columns=16)
     _, uid, data = study.instances[0]

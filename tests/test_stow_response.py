@@ -56,6 +56,14 @@ def test_resolve_synthesizes_failures_when_the_body_is_unusable() -> None:
     assert sr.resolve(401, StowResult(), sent).result.failed[0].reason == 0x0124
 
 
+@pytest.mark.parametrize("body", [None, StowResult()], ids=["unreadable", "empty"])
+def test_a_200_whose_body_cannot_be_read_stored_every_instance(body: StowResult | None) -> None:
+    """SPEC section 5: an instance the archive accepted is never reported failed."""
+    report = sr.resolve(200, body, [Sop(CT, "1"), Sop(CT, "2")])
+    assert report.result.referenced == (Referenced(CT, "1"), Referenced(CT, "2"))
+    assert report.result.failed == ()
+
+
 def test_resolve_keeps_the_upstream_items_and_fills_in_the_missing() -> None:
     parsed = StowResult((ref("1"),), (fail("2", 0xA900),))
     report = sr.resolve(202, parsed, [Sop(CT, "1"), Sop(CT, "2"), Sop(CT, "3")])

@@ -28,9 +28,8 @@ _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 # RFC 2046 section 5.1.1 bchars, not ending in a space.  RFC 2046 allows 70 of them;
 # real peers write more (Orthanc 1.10: 73), so up to MAX_BOUNDARY are taken (SPEC 2).
 MAX_BOUNDARY = 200
-_BOUNDARY = re.compile(
-    r"^[0-9A-Za-z'()+_,\-./:=? ]{0,%d}[0-9A-Za-z'()+_,\-./:=?]$" % (MAX_BOUNDARY - 1)
-)
+_BCHARS = r"0-9A-Za-z'()+_,\-./:=?"
+_BOUNDARY = re.compile(rf"^[{_BCHARS} ]{{0,{MAX_BOUNDARY - 1}}}[{_BCHARS}]$")
 
 
 @dataclass(frozen=True)

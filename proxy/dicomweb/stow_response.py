@@ -138,8 +138,13 @@ def is_content_rejection(reason: int) -> bool:
 
 def resolve(status: int | None, parsed: StowResult | None, sent: Sequence[Sop]) -> BatchReport:
     """The items of one batch: the upstream's own when its body named any instance
-    (those it left out get a processing failure), else one synthesized Failed item
-    per instance with the reason its status implies."""
+    (those it left out get a processing failure); for a 200 whose body cannot be read,
+    every instance as stored (a 200 says all were, and an instance the archive accepted
+    must never be reported failed and resent); else one synthesized Failed item per
+    instance with the reason its status implies."""
+    if status == 200 and (parsed is None or not parsed.usable):
+        stored = tuple(Referenced(sop.sop_class, sop.sop_instance) for sop in sent)
+        return BatchReport(status, StowResult(stored, ()))
     if parsed is None or not parsed.usable:
         code = reason_for_status(status)
         failed = tuple(Failed(sop.sop_class, sop.sop_instance, code) for sop in sent)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.settings import Settings
 from proxy.stow.batch import Batch, encode
 from proxy.upstream import Upstream, read_bounded
+
+log = logging.getLogger("dicomweb_proxy")
 
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 16 * 1024**2
@@ -132,6 +135,13 @@ class Sender:
             await asyncio.sleep(self._delay(attempt, answer.retry_after))
         report = resolve(answer.status, answer.result, batch.sops)
         answered = answer.result is not None and answer.result.usable
+        if answer.status == 200 and not answered:
+            log.warning(
+                "STOW: the upstream stored a batch of %d but its response cannot be read; "
+                "reported as stored from the instances sent [%s]",
+                len(batch.instances),
+                self.headers.get("X-Request-ID", "-"),
+            )
         return Sent(batch, report, attempt, answered, answer.warnings, answer.detail)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -147,7 +157,9 @@ class Sender:
         headers["Content-Length"] = str(body.length)
         headers["Accept"] = ACCEPT
         try:
-            async with self.upstream.request("POST", self.url, headers, body.stream()) as response:
+            # body.stream makes a fresh stream per call: the batch can be sent again
+            # after a 401 renewed the upstream credential (proxy.upstream).
+            async with self.upstream.request("POST", self.url, headers, body.stream) as response:
                 return await self._answer(response)
         except (UpstreamError, UpstreamTimeout) as exc:
             return Answer(None, detail=exc.detail)

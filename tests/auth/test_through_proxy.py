@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from harness.dicomgen import make_study
 from proxy.settings import Settings
 from tests.authservers import BearerUpstream, TokenEndpoint
 from tests.support import ProxyThread
@@ -151,3 +152,42 @@ def test_settings_repr_masks_secrets() -> None:
     for secret in ("pw-in-repr-1", "tok-in-repr-2", "cs-in-repr-3", "adm-in-repr-4"):
         assert secret not in shown
     assert "upstream_password='***'" in shown
+
+
+async def test_a_stow_batch_is_sent_again_after_a_401_renews_the_token(
+    idp: TokenEndpoint,
+    oauth_upstream: BearerUpstream,
+    start_proxy: Callable[..., ProxyThread],
+    tmp_path: Path,
+) -> None:
+    """A token revoked mid-upload costs one refresh and one resend of the whole batch,
+    not a dead-lettered batch (SPEC section 5)."""
+    proxy = start_proxy(oauth_upstream.url, **oauth2_options(idp, tmp_path))
+    assert await get_many(proxy.dicomweb + "/studies", 1) == [200]
+    idp.revoke_all()
+    study = make_study(1, 2, rows=16, columns=16)
+    boundary = "renewal-boundary"
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+            for _, _, data in study.instances
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            proxy.dicomweb + "/studies", data=body, headers={"Content-Type": content_type}
+        ) as response,
+    ):
+        document = await response.json(content_type=None)
+    # The origin answers 200 with "[]": stored, with items built from the UIDs sent.
+    assert response.status == 200, document
+    sent = {item["00081155"]["Value"][0] for item in document["00081199"]["Value"]}
+    assert sent == {uid for _, uid, _ in study.instances}
+    assert oauth_upstream.statuses[-2:] == [401, 200]
+    assert idp.calls == 2
+    first, second = oauth_upstream.bodies[-2:]
+    assert first == second and all(data in second for _, _, data in study.instances)
+    assert not list((tmp_path / "data").rglob("dead-letter/*/*"))
