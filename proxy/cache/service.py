@@ -33,9 +33,9 @@ from proxy.cache.heads import Heads
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
-from proxy.cache.rewritten import Rewritten
 from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
-from proxy.cache.stored import JOIN_BELOW, SENDFILE_FROM, StoredBody
+from proxy.cache.stored import JOIN_BELOW, StoredBody
+from proxy.cache.variants import Variants, weak
 from proxy.dicomweb.media import answers
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
 from proxy.errors import ProxyError, UpstreamError, UpstreamInvalid, UpstreamTimeout
@@ -67,7 +67,7 @@ class Cache:
         self.upstream = upstream
         self.results: Counter[str] = Counter()
         self._fills: dict[str, Fill] = {}
-        self.rewritten = Rewritten()
+        self.variants = Variants()
         self.heads = Heads()
         self.locks = KeyLocks(store.directory / "locks") if settings.workers > 1 else None
         self.readahead = (
@@ -145,18 +145,30 @@ class Cache:
         if _not_modified(request, meta.etag):
             body.close()
             return web.Response(status=304, headers=_validators(head, exchange.request_id))
-        plain = not head.rewrite and not head.compress
-        if meta.size < SENDFILE_FROM and not (plain and meta.size >= JOIN_BELOW):
-            data = self._small_body(hit, body, exchange.rewriter, plain)
-            return _from_memory(head, exchange.request_id, data)
-        if plain:
-            response: web.StreamResponse = StoredBody(
-                body, meta.size, status=head.status, headers=head.headers
-            )
-            response.headers["X-Request-ID"] = exchange.request_id
-            return response
-        response = head.response(exchange.request_id)
+        if head.rewrite or head.compress:
+            return await self._serve_variant(request, exchange, hit, head, body)
+        if meta.size < JOIN_BELOW:
+            with body:
+                return _from_memory(head, exchange.request_id, body.read())
+        response = StoredBody(body, meta.size, status=head.status, headers=head.headers)
+        response.headers["X-Request-ID"] = exchange.request_id
+        return response
+
+    async def _serve_variant(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        hit: Hit,
+        head: forward.Head,
+        body: BinaryIO,
+    ) -> web.StreamResponse:
+        """Rewritten and/or gzipped: the variant made once (:mod:`proxy.cache.variants`),
+        or, for a body too large to hold, rewritten and compressed as it streams."""
         try:
+            data = await self.variants.body(hit, body, exchange.rewriter, head.compress)
+            if data is not None:
+                return _from_memory(head, exchange.request_id, data)
+            response = head.response(exchange.request_id)
             await response.prepare(request)
             if request.method != "HEAD":
                 await forward.relay(request, response, file_chunks(body), exchange.rewriter)
@@ -176,7 +188,8 @@ class Cache:
         head = self.heads.get(key)
         if head is None:
             headers = CIMultiDict(meta.headers)
-            headers.update({"ETag": meta.etag, "Content-Length": str(meta.size)})
+            etag = weak(meta.etag) if compress else meta.etag
+            headers.update({"ETag": etag, "Content-Length": str(meta.size)})
             if result == "stale":
                 headers.add("Warning", '110 dicomweb-proxy "Response is Stale"')
             head = forward.head_for(
@@ -184,18 +197,6 @@ class Cache:
             )
             self.heads.put(key, head)
         return head
-
-    def _small_body(self, hit: Hit, body: BinaryIO, rewriter: Rewriter, plain: bool) -> bytes:
-        """The body as sent; a rewritten one from memory once it was rewritten once."""
-        with body:
-            if plain:
-                return body.read()
-            public = rewriter.public_base
-            data = self.rewritten.get(str(hit.path), public)
-            if data is None:
-                data = rewriter.rewrite_bytes(body.read()) if hit.meta.rewrite else body.read()
-                self.rewritten.put(str(hit.path), public, data)
-            return data
 
     async def _freshness(self, policy: Policy, hit: Hit) -> str:
         """``hit``, ``revalidated``, ``stale`` or ``expired`` (SPEC section 3)."""
@@ -356,8 +357,10 @@ class Cache:
             # Leave the registry only once the entry is in the store (or discarded):
             # a request arriving in between must find one or the other.
             try:
-                if self._answers_request(done, exchange):
-                    await self._commit(done, policy, count)
+                if self._answers_request(done, exchange) and await self._commit(
+                    done, policy, count
+                ):
+                    self._spawn(self._prepare_gzip(policy.key, exchange.rewriter))
             finally:
                 done.discard()  # a no-op once the store adopted the file
                 del self._fills[policy.key]
@@ -391,7 +394,7 @@ class Cache:
         metrics.cache_not_stored(self.metrics, reason)
         return False
 
-    async def _commit(self, fill: Fill, policy: Policy, count: asyncio.Task[int] | None) -> None:
+    async def _commit(self, fill: Fill, policy: Policy, count: asyncio.Task[int] | None) -> bool:
         """Step 4 of the fill: adopt the file only if it is a complete, storable 200."""
         instance_count = None
         if count is not None:
@@ -399,7 +402,7 @@ class Cache:
                 instance_count = await count
         if not _storable(fill) or (count is not None and instance_count is None):
             fill.discard()
-            return
+            return False
         meta = Meta(
             status=fill.status,
             headers=Meta.keep_headers(fill.headers),
@@ -409,10 +412,23 @@ class Cache:
             rewrite=carries_urls(fill.headers.get("Content-Type", "")),
             count=instance_count,
         )
-        if not self.store.commit(policy.key, NewBody(fill.temp_path, meta), policy.tag):
+        committed = self.store.commit(policy.key, NewBody(fill.temp_path, meta), policy.tag)
+        if not committed:
             fill.discard()
         if instance_count is not None:
             self._record_count(policy, instance_count)
+        return committed
+
+    async def _prepare_gzip(self, key: str, rewriter: Rewriter) -> None:
+        """The gzip variant of a JSON/XML entry just filled, for the public base of the
+        request that filled it: the first hit of a gzip-accepting client finds it made."""
+        hit = self.store.get(key)
+        if hit is None or not forward.compressible(hit.meta.headers.get("Content-Type", "")):
+            return
+        handle = hit.open()
+        if handle is not None:
+            with handle:
+                await self.variants.body(hit, handle, rewriter, compress=True)
 
     # -- study instance counts ---------------------------------------------------------
 
@@ -485,15 +501,14 @@ class Cache:
 
 
 def _from_memory(head: forward.Head, request_id: str, data: bytes) -> web.Response:
-    """A small stored body, or one to rewrite or compress: one write sends headers and
-    body together."""
+    """A small stored body, or a variant (rewritten, gzipped already): one write sends
+    headers and body together."""
     headers = head.headers.copy()
     headers.popall("Content-Length", None)
     headers["X-Request-ID"] = request_id
-    response = web.Response(status=head.status, headers=headers, body=data)
     if head.compress:
-        response.enable_compression(web.ContentCoding.gzip)
-    return response
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(status=head.status, headers=headers, body=data)
 
 
 def asked_for(exchange: Exchange) -> str | None:

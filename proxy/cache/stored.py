@@ -16,8 +16,8 @@ segment of their own that wakes the client once more.  That took a 512 KiB hit f
 the same two calls costs two more system calls and measured slower than neither.
 
 Bodies below :data:`JOIN_BELOW` are cheaper joined to their headers in one write (the
-cache answers those with a plain ``web.Response``, as it does for bodies it rewrites
-below :data:`SENDFILE_FROM`).
+cache answers those with a plain ``web.Response``, as it does for the rewritten or
+gzipped variants it holds in memory, :mod:`proxy.cache.variants`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 
 JOIN_BELOW = 64 * 1024
-SENDFILE_FROM = 1024 * 1024
 
 
 class StoredBody(web.StreamResponse):

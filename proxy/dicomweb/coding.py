@@ -68,14 +68,15 @@ class _Zlib(Decoder):
             raise CodingError(f"invalid {'gzip' if self._gzip else 'deflate'} data") from exc
 
     def _inflate_all(self, data: bytes) -> Iterator[bytes]:
+        """Every byte ``data`` holds, PIECE at a time.  zlib may owe output after it
+        took the last input byte (raw deflate has no trailer to keep it waiting), so
+        it is asked again while a step came back full."""
         piece = self._inflate.decompress(data, PIECE)
-        while True:
-            if piece:
-                yield piece
-            tail = self._inflate.unconsumed_tail
-            if not tail:
+        while piece:
+            yield piece
+            if len(piece) < PIECE and not self._inflate.unconsumed_tail:
                 return
-            piece = self._inflate.decompress(tail, PIECE)
+            piece = self._inflate.decompress(self._inflate.unconsumed_tail, PIECE)
 
     def finish(self) -> None:
         if self._inflate is not None and not self._ended:
@@ -90,43 +91,69 @@ def _optional(factory: Callable[[], Callable[[], Decoder]]) -> Callable[[], Deco
 
 
 def _brotli() -> Callable[[], Decoder]:
-    import brotli  # type: ignore[import-not-found, unused-ignore]
+    import brotli
+
+    if not hasattr(brotli.Decompressor(), "can_accept_more_data"):
+        raise ImportError("Brotli 1.2 or later bounds its output")
 
     class _Brotli(Decoder):
         def __init__(self) -> None:
-            self._process = brotli.Decompressor()
+            self._state = brotli.Decompressor()
 
         def decode(self, data: bytes) -> Iterator[bytes]:
             try:
-                yield self._process.process(data)
+                piece = self._state.process(data, output_buffer_limit=PIECE)
+                while True:
+                    if piece:
+                        yield piece
+                    if self._state.can_accept_more_data() or self._state.is_finished():
+                        return
+                    piece = self._state.process(b"", output_buffer_limit=PIECE)
             except brotli.error as exc:
                 raise CodingError("invalid br data") from exc
 
         def finish(self) -> None:
-            if not self._process.is_finished():
+            if not self._state.is_finished():
                 raise CodingError("the br body ended before its compressed stream did")
 
     return _Brotli
 
 
 def _zstd() -> Callable[[], Decoder]:
-    from backports import zstd  # type: ignore[import-not-found, unused-ignore]
+    try:
+        from compression import zstd  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:  # Python before 3.14
+        from backports import zstd  # type: ignore[import-not-found, unused-ignore, no-redef]
 
     class _Zstd(Decoder):
+        """RFC 8878: frames may follow one another; each one's end is checked."""
+
         def __init__(self) -> None:
-            self._inflate = zstd.ZstdDecompressor()
+            self._state = zstd.ZstdDecompressor()
+            self._started = False
 
         def decode(self, data: bytes) -> Iterator[bytes]:
             try:
-                piece = self._inflate.decompress(data, PIECE)
-                while piece:
-                    yield piece
-                    piece = self._inflate.decompress(b"", PIECE)
-            except zstd.ZstdError as exc:
+                while data:
+                    if self._state.eof:
+                        self._state = zstd.ZstdDecompressor()
+                    self._started = True
+                    yield from self._frame(data)
+                    data = self._state.unused_data if self._state.eof else b""
+            except (zstd.ZstdError, EOFError) as exc:
                 raise CodingError("invalid zstd data") from exc
 
+        def _frame(self, data: bytes) -> Iterator[bytes]:
+            piece = self._state.decompress(data, PIECE)
+            while True:
+                if piece:
+                    yield piece
+                if self._state.eof or self._state.needs_input:
+                    return
+                piece = self._state.decompress(b"", PIECE)
+
         def finish(self) -> None:
-            if not self._inflate.eof:
+            if self._started and not self._state.eof:
                 raise CodingError("the zstd body ended before its compressed stream did")
 
     return _Zstd

@@ -109,10 +109,18 @@ def answers(content_type: str, accept: str | None, defaults: tuple[str, ...]) ->
     if not main:
         return False
     ranges = [parse_media_type(item) for item in _split_outside_quotes(accept or "", ",")]
-    ranges = [(m, p) for m, p in ranges if m and p.get("q", "1").strip() not in {"0", "0.0"}]
+    ranges = [(m, p) for m, p in ranges if m and _quality(p) > 0]
     if not ranges or any(m == "*/*" for m, _ in ranges):
         ranges += [(d, {}) for d in defaults]
     return any(_matches(main, params, m, p) for m, p in ranges if m != "*/*")
+
+
+def _quality(params: dict[str, str]) -> float:
+    """RFC 9110 section 12.4.2: ``q`` from 0 to 1; an unreadable one counts as 0."""
+    try:
+        return float(params.get("q", "1"))
+    except ValueError:
+        return 0.0
 
 
 def _matches(main: str, params: dict[str, str], wanted: str, wanted_params: dict[str, str]) -> bool:
