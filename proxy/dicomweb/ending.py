@@ -9,8 +9,8 @@ presented as complete.  What can be checked is checked here, as the bytes stream
 - JSON (DICOM JSON, PS3.18 Annex F, is always an array or object): every bracket opened
   outside a string was closed, so the document is not a proper prefix of itself.
 
-Other media types, and encoded (compressed) bodies, cannot be judged and are taken as
-they came.
+Other media types cannot be judged and are taken as they came.  A coded (compressed)
+body is judged after decoding; one in a coding the proxy cannot decode is not judged.
 
 Pure: no server imports.
 """
@@ -99,8 +99,9 @@ class _JsonEnd(EndCheck):
 
 
 def end_check(headers: Mapping[str, str]) -> EndCheck:
-    """The check for a close-delimited body with these response headers.  An encoded
-    body (``Content-Encoding: gzip``) is passed on encoded, so it cannot be judged."""
+    """The check for a close-delimited body described by these headers (those of the
+    decoded body, :func:`proxy.upstream.body_headers`).  A body still coded is one the
+    proxy could not decode: it passes on as it came, unjudged."""
     if headers.get("Content-Encoding", "identity").lower() != "identity":
         return _Unchecked()
     main, params = parse_media_type(headers.get("Content-Type", ""))
