@@ -15,13 +15,22 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import headers as hdrs
 from proxy.dicomweb.coding import accepts_gzip
-from proxy.dicomweb.rewrite import Rewriter, carries_urls
+from proxy.dicomweb.media import multipart_boundary
+from proxy.dicomweb.rewrite import (
+    PartHeadersRewriter,
+    PartURLs,
+    Rewriter,
+    StreamRewriter,
+    carries_urls,
+)
 from proxy.errors import PayloadTooLarge, ProxyError, RequestTimeout, UpstreamError
 from proxy.exchange import Exchange
 from proxy.upstream import CHUNK, Upstream, body_headers, iter_body
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 REWRITE = web.ResponseKey("rewrite", bool)
+# The boundary of a multipart body whose part headers are rewritten on the way.
+PARTS = web.ResponseKey("parts", str)
 # --client-timeout, set by create_app: how long a request body may pause.
 CLIENT_TIMEOUT = web.AppKey("client_timeout", float)
 
@@ -105,34 +114,80 @@ async def _exchange(
     async with upstream.request(
         request.method, exchange.upstream_url, exchange.upstream_headers, body
     ) as response:
+        headers = body_headers(response)
+        chunks = iter_body(response)
+        part_urls, chunks = await _judge_parts(headers, chunks, exchange.rewriter)
         client = start_response(
             request,
             response.status,
-            body_headers(response),
+            headers,
             exchange.rewriter,
             request_id=exchange.request_id,
             x_cache=x_cache,
+            part_urls=part_urls,
         )
         await client.prepare(request)
-        await relay(request, client, iter_body(response), exchange.rewriter)
+        await relay(request, client, chunks, exchange.rewriter)
         return client
+
+
+# How far into a multipart body the first part's headers are looked for.
+_FIRST_HEAD_WITHIN = 64 * 1024
+
+
+async def _judge_parts(
+    headers: Headers, chunks: AsyncIterator[bytes], rewriter: Rewriter
+) -> tuple[bool, AsyncIterator[bytes]]:
+    """Whether the part headers of a multipart body name upstream URLs, judged on the
+    first part's before the response starts: a body that needs no rewriting keeps its
+    ``Content-Length`` (the parts of one response come from one code path upstream)."""
+    boundary = multipart_boundary(headers.get("Content-Type", ""))
+    if boundary is None or "Content-Encoding" in headers:
+        return False, chunks
+    watch, seen, size = PartURLs(rewriter.pattern, boundary), [], 0
+    async for chunk in chunks:
+        seen.append(chunk)
+        watch.feed(chunk)
+        size += len(chunk)
+        if watch.first is not None or size > _FIRST_HEAD_WITHIN:
+            break
+    return watch.first is True, _chain(seen, chunks)
+
+
+async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        for chunk in first:
+            yield chunk
+        async for chunk in rest:
+            yield chunk
+    finally:
+        if isinstance(rest, AsyncGenerator):
+            await rest.aclose()
 
 
 @dataclass(frozen=True)
 class Head:
     """How a response to the client starts, but for its request id: status, cleaned and
-    rewritten headers, and whether its body is rewritten or gzipped on the way.  Heads
-    are shared between requests (:mod:`proxy.cache.heads`): responses copy ``headers``."""
+    rewritten headers, and whether its body is rewritten (JSON/XML, or the part headers
+    of a multipart body: ``parts`` is its boundary) or gzipped on the way.  Heads are
+    shared between requests (:mod:`proxy.cache.heads`): responses copy ``headers``."""
 
     status: int
     headers: CIMultiDict[str]
     rewrite: bool
     compress: bool
+    parts: str | None = None
+
+    @property
+    def changes_body(self) -> bool:
+        return self.rewrite or self.compress or self.parts is not None
 
     def response(self, request_id: str) -> web.StreamResponse:
         response = web.StreamResponse(status=self.status, headers=self.headers)
         response.headers["X-Request-ID"] = request_id
         response[REWRITE] = self.rewrite
+        if self.parts is not None:
+            response[PARTS] = self.parts
         if self.compress:
             response.enable_compression(web.ContentCoding.gzip)
         return response
@@ -145,18 +200,23 @@ def head_for(
     rewriter: Rewriter,
     *,
     x_cache: str | None = None,
+    part_urls: bool = True,
 ) -> Head:
+    """``part_urls``: whether the part headers of a multipart body may name upstream
+    URLs (Orthanc's frames carry ``Content-Location``); for a body not seen yet, they may."""
     content_type = source.get("Content-Type", "")
     # A body in a coding the proxy could not decode goes as it came (SPEC section 2).
     coded = "Content-Encoding" in source
     rewrite = carries_urls(content_type) and not coded
     compress = should_compress(request, content_type, source)
-    headers = hdrs.client_response_headers(source, rewriter, keep_length=not (rewrite or compress))
+    parts = multipart_boundary(content_type) if part_urls and not (rewrite or coded) else None
+    changed = rewrite or compress or parts is not None
+    headers = hdrs.client_response_headers(source, rewriter, keep_length=not changed)
     if compressible(content_type) and not coded:
         hdrs.add_vary(headers, "Accept-Encoding")
     if x_cache:
         headers["X-Cache"] = x_cache
-    return Head(status, headers, rewrite, compress)
+    return Head(status, headers, rewrite, compress, parts)
 
 
 def start_response(
@@ -167,9 +227,11 @@ def start_response(
     *,
     request_id: str,
     x_cache: str | None = None,
+    part_urls: bool = True,
 ) -> web.StreamResponse:
     """A response with the upstream's status and cleaned, rewritten headers."""
-    return head_for(request, status, source, rewriter, x_cache=x_cache).response(request_id)
+    head = head_for(request, status, source, rewriter, x_cache=x_cache, part_urls=part_urls)
+    return head.response(request_id)
 
 
 async def relay(
@@ -182,7 +244,7 @@ async def relay(
     client connection so the client sees an error rather than a short body presented
     as complete.  The source is closed however this ends (a client gone mid-body too),
     so the files and connections behind it are released now, not when it is collected."""
-    stream = rewriter.stream() if response[REWRITE] else None
+    stream = _rewriting(response, rewriter)
     source = aiter(chunks)
     try:
         async for chunk in source:
@@ -196,6 +258,15 @@ async def relay(
         if isinstance(source, AsyncGenerator):
             await source.aclose()
     await response.write_eof()
+
+
+def _rewriting(
+    response: web.StreamResponse, rewriter: Rewriter
+) -> StreamRewriter | PartHeadersRewriter | None:
+    if response[REWRITE]:
+        return rewriter.stream()
+    boundary = response.get(PARTS)
+    return rewriter.part_stream(boundary) if boundary else None
 
 
 def abort(request: web.Request) -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.dicomweb.rewrite import Rewriter, carries_urls
+from proxy.dicomweb.rewrite import PartURLs, Rewriter, carries_urls
 
 UP = "http://10.0.0.5:8042/dicom-web"
 PUB = "https://edge.example/dicom-web"
@@ -84,3 +84,59 @@ def test_streaming_equals_whole_body(pieces: list[str], cuts: list[int]) -> None
         position += size
     out += stream.feed(body[position:]) + stream.flush()
     assert out == R.rewrite_bytes(body)
+
+
+# -- part headers of multipart bodies ---------------------------------------------------
+
+PART_BOUNDARY = "1ccbd4e2-3ff8-46d2-978a-8e20d88cd27c-dde4559e-27b0-463d-bbea-a4274ad4c123"
+
+
+def frames_body(base: str, payload: bytes, line_end: bytes = b"\r\n") -> bytes:
+    """Two frames as Orthanc answers them: each part names its own URL under ``base``."""
+    parts, end = b"", line_end.decode()
+    for number in (1, 2):
+        head = (
+            f"--{PART_BOUNDARY}\r\nContent-Type: application/octet-stream{end}"
+            f"Content-Location: {base}/studies/1.2/series/1.3/instances/1.4/frames/{number}"
+            f"{end}{end}"
+        ).encode()
+        parts += head + payload + b"\r\n"
+    return parts + f"--{PART_BOUNDARY}--\r\n".encode()
+
+
+def fed(stream: object, body: bytes, size: int) -> bytes:
+    feed, flush = stream.feed, stream.flush  # type: ignore[attr-defined]
+    return b"".join(feed(body[i : i + size]) for i in range(0, len(body), size)) + flush()
+
+
+@pytest.mark.parametrize("size", [1, 5, 73, 200, 4096, 1 << 20])
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
+def test_part_headers_are_rewritten_and_part_bodies_never(size: int, line_end: bytes) -> None:
+    # Pixel data that happens to hold an upstream URL stays as it is, byte for byte.
+    payload = b"\x00\x01http://localhost/dicom-web/studies/9\xff" * 50
+    body = frames_body("http://localhost/dicom-web", payload, line_end)
+    out = fed(R.part_stream(PART_BOUNDARY), body, size)
+    assert out == frames_body(PUB, payload, line_end)
+    assert out.count(payload) == 2
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_part_urls_judged_on_the_first_part_and_on_any(size: int) -> None:
+    pattern = R.pattern
+    with_urls = frames_body("http://localhost/dicom-web", b"x" * 100)
+    without = frames_body("http://localhost/dicom-web", b"x")
+    without = without.replace(b"Content-Location: http://localhost/dicom-web", b"Content-ID: <a")
+    for body, expected in ((with_urls, True), (without, False)):
+        watch = PartURLs(pattern, PART_BOUNDARY)
+        for start in range(0, len(body), size):
+            watch.feed(body[start : start + size])
+        watch.end()
+        assert (watch.first, watch.any) == (expected, expected)
+
+
+def test_no_part_headers_yet_means_not_judged() -> None:
+    watch = PartURLs(R.pattern, PART_BOUNDARY)
+    watch.feed(f"--{PART_BOUNDARY}\r\nContent-Type: application/dicom".encode())
+    assert watch.first is None
+    watch.end()
+    assert watch.first is False

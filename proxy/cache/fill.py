@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -34,7 +35,8 @@ from typing import BinaryIO
 import aiohttp
 from multidict import CIMultiDict
 
-from proxy.dicomweb.media import parse_media_type
+from proxy.dicomweb.media import multipart_boundary, parse_media_type
+from proxy.dicomweb.rewrite import PartURLs
 from proxy.errors import ProxyError, UpstreamInvalid
 from proxy.upstream import CHUNK, body_headers, checks_its_end, iter_body
 
@@ -47,8 +49,15 @@ Committer = Callable[["Fill"], Awaitable[None]]
 class Fill:
     """One upstream response streamed into ``temp_path``."""
 
-    def __init__(self, temp_path: Path) -> None:
+    def __init__(self, temp_path: Path, url_pattern: re.Pattern[bytes] | None = None) -> None:
+        """``url_pattern`` matches upstream URLs: a multipart body whose part headers
+        carry one is marked (:attr:`part_urls`), to be rewritten when served."""
         self.temp_path = temp_path
+        self._url_pattern = url_pattern
+        self.part_urls: PartURLs | None = None
+        # Set once it is known whether the first part's headers name an upstream URL
+        # (at once for a body that is not multipart): the relay decides on it.
+        self.parts_judged = asyncio.Event()
         self.status = 0
         self.headers: CIMultiDict[str] = CIMultiDict()
         self.written = 0
@@ -80,6 +89,7 @@ class Fill:
             async with open_response() as response:
                 self.status = response.status
                 self.headers = CIMultiDict(body_headers(response))
+                self._watch_part_headers()
                 self.headers_ready.set()
                 await self._copy_body(response)
                 self.complete = self._is_complete(response) and not self.spilled
@@ -92,12 +102,29 @@ class Fill:
         finally:
             os.close(self._fd)
             self.done = True
+            if self.part_urls is not None:
+                self.part_urls.end()
+            self.parts_judged.set()
             self.headers_ready.set()
             self._wake()
         await commit(self)
 
+    def _watch_part_headers(self) -> None:
+        boundary = multipart_boundary(self.headers.get("Content-Type", ""))
+        if boundary and self._url_pattern is not None:
+            self.part_urls = PartURLs(self._url_pattern, boundary)
+        else:
+            self.parts_judged.set()
+
+    def _look_for_part_urls(self, chunk: bytes) -> None:
+        if self.part_urls is not None:
+            self.part_urls.feed(chunk)
+            if self.part_urls.first is not None:
+                self.parts_judged.set()
+
     async def _copy_body(self, response: aiohttp.ClientResponse) -> None:
         async for chunk in iter_body(response):
+            self._look_for_part_urls(chunk)
             self._store(chunk)
             self.written += len(chunk)
             self._tail = (self._tail + chunk)[-256:]

@@ -145,7 +145,7 @@ class Cache:
         if _not_modified(request, meta.etag):
             body.close()
             return web.Response(status=304, headers=_validators(head, exchange.request_id))
-        if head.rewrite or head.compress:
+        if head.changes_body:
             return await self._serve_variant(request, exchange, hit, head, body)
         if meta.size < JOIN_BELOW:
             with body:
@@ -193,7 +193,12 @@ class Cache:
             if result == "stale":
                 headers.add("Warning", '110 dicomweb-proxy "Response is Stale"')
             head = forward.head_for(
-                request, meta.status, headers, exchange.rewriter, x_cache=result.upper()
+                request,
+                meta.status,
+                headers,
+                exchange.rewriter,
+                x_cache=result.upper(),
+                part_urls=meta.part_urls,
             )
             self.heads.put(key, head)
         return head
@@ -284,6 +289,8 @@ class Cache:
         if fill.error is not None and not fill.status:
             raise fill.error
         self.results[result] += 1
+        await fill.parts_judged.wait()
+        first_part_urls = fill.part_urls is None or fill.part_urls.first is not False
         response = forward.start_response(
             request,
             fill.status,
@@ -291,6 +298,7 @@ class Cache:
             exchange.rewriter,
             request_id=exchange.request_id,
             x_cache=result.upper(),
+            part_urls=first_part_urls,
         )
         await response.prepare(request)
         await forward.relay(request, response, reader.chunks(), exchange.rewriter)
@@ -343,7 +351,7 @@ class Cache:
     def _start_fill(self, exchange: Exchange, policy: Policy, lock: int | None) -> Fill:
         """The fill is registered before any await, so concurrent misses for the key in
         this process join it instead of asking the upstream again."""
-        fill = Fill(self.store.temp_path())
+        fill = Fill(self.store.temp_path(), exchange.rewriter.pattern)
         self._fills[policy.key] = fill
         count = self._count_task(policy.study) if policy.lifetime is Lifetime.STUDY else None
 
@@ -411,6 +419,7 @@ class Cache:
             etag=etag_for(fill.temp_path),
             rewrite=carries_urls(fill.headers.get("Content-Type", "")),
             count=instance_count,
+            part_urls=fill.part_urls is not None and fill.part_urls.any,
         )
         committed = self.store.commit(policy.key, NewBody(fill.temp_path, meta), policy.tag)
         if not committed:

@@ -44,6 +44,7 @@ class Meta:
     etag: str
     rewrite: bool
     count: int | None = None  # study instance count when filled (study-level entries)
+    part_urls: bool = False  # a multipart body whose part headers name upstream URLs
 
     @staticmethod
     def keep_headers(headers: Any) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Hit bodies as they are sent, made once per stored entry and kept in memory.
 
 A stored body is the upstream's representation; a client may need it rewritten for the
-public base it used (SPEC section 2) and gzip-compressed because it accepts gzip.  Both
+public base it used (SPEC section 2: JSON and XML bodies, or the part headers of a
+multipart body that name upstream URLs) and gzip-compressed because it accepts gzip.  Both
 are done once per entry, public base and coding, then kept, as nginx's ``gzip_static``
 serves a ``.gz`` made once: a metadata hit for a gzip-accepting client (every browser,
 ``requests``, dicomweb-client) costs no compression.  The variant for the public base of
@@ -25,6 +26,7 @@ from collections import OrderedDict
 from typing import BinaryIO
 
 from proxy.cache.store import Hit
+from proxy.dicomweb.media import multipart_boundary
 from proxy.dicomweb.rewrite import Rewriter
 
 MAX_BYTES = 64 * 1024 * 1024
@@ -94,7 +96,8 @@ class Variants:
 
 
 def _key(hit: Hit, rewriter: Rewriter, compress: bool) -> VariantKey:
-    return (str(hit.path), rewriter.public_base if hit.meta.rewrite else "", compress)
+    rewritten = hit.meta.rewrite or hit.meta.part_urls
+    return (str(hit.path), rewriter.public_base if rewritten else "", compress)
 
 
 def _build(hit: Hit, handle: BinaryIO, rewriter: Rewriter, compress: bool) -> bytes:
@@ -102,6 +105,9 @@ def _build(hit: Hit, handle: BinaryIO, rewriter: Rewriter, compress: bool) -> by
     data = handle.read()
     if hit.meta.rewrite:
         data = rewriter.rewrite_bytes(data)
+    elif hit.meta.part_urls:
+        boundary = multipart_boundary(hit.meta.headers.get("Content-Type", "")) or ""
+        data = rewriter.rewrite_part_headers(data, boundary)
     if compress:
         # mtime=0: the same entry always compresses to the same bytes.
         data = gzip.compress(data, GZIP_LEVEL, mtime=0)

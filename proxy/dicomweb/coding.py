@@ -102,11 +102,12 @@ def _brotli() -> Callable[[], Decoder]:
 
         def decode(self, data: bytes) -> Iterator[bytes]:
             try:
+                # The limit is a hint (a step may return more), and output may still
+                # be owed once more input would be accepted: drain until none comes.
                 piece = self._state.process(data, output_buffer_limit=PIECE)
-                while True:
-                    if piece:
-                        yield piece
-                    if self._state.can_accept_more_data() or self._state.is_finished():
+                while piece:
+                    yield piece
+                    if self._state.is_finished():
                         return
                     piece = self._state.process(b"", output_buffer_limit=PIECE)
             except brotli.error as exc:

@@ -31,6 +31,13 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     return main.strip().lower(), parsed
 
 
+def multipart_boundary(content_type: str) -> str | None:
+    """The ``boundary`` of a ``multipart/*`` media type; None for any other."""
+    if not content_type[:10].lower().startswith("multipart/"):
+        return None
+    return parse_media_type(content_type)[1].get("boundary") or None
+
+
 @functools.lru_cache(maxsize=256)
 def normalize_accept(value: str | None) -> str:
     """A canonical Accept for cache keys: media ranges sorted, only representation params.

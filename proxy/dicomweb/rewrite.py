@@ -62,6 +62,13 @@ class Rewriter:
     def stream(self) -> StreamRewriter:
         return StreamRewriter(self)
 
+    def part_stream(self, boundary: str) -> PartHeadersRewriter:
+        return PartHeadersRewriter(self, boundary)
+
+    def rewrite_part_headers(self, body: bytes, boundary: str) -> bytes:
+        stream = self.part_stream(boundary)
+        return stream.feed(body) + stream.flush()
+
 
 def _compile(upstream_base: str) -> re.Pattern[bytes]:
     """Match the upstream base, and any origin followed by its path when it has one."""
@@ -114,3 +121,95 @@ class StreamRewriter:
     def flush(self) -> bytes:
         rest, self._pending = self._pending, b""
         return self._rewriter.rewrite_bytes(rest)
+
+
+# A part's header block ends at its first empty line (RFC 2046 section 5.1.1; bare LF
+# tolerated).  A block longer than this is not headers: it passes on unchanged.
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+MAX_PART_HEAD = 16 * 1024
+
+
+class PartHeads:
+    """Splits a ``multipart/*`` body, as it streams, into the blocks that open each part
+    (its delimiter line and headers) and everything else.  Only the blocks can carry
+    URLs a client must not see (Orthanc writes ``Content-Location`` in each frame's
+    headers); the part bodies are DICOM data and are never touched."""
+
+    def __init__(self, boundary: str) -> None:
+        self._delimiter = b"--" + boundary.encode("latin-1")
+        self._pending = b""
+        self._in_head = False
+
+    def feed(self, chunk: bytes) -> list[tuple[bool, bytes]]:
+        """(is a part's header block, bytes) pieces, in order; a delimiter or header
+        block split across chunks is held back until it is whole."""
+        data, self._pending = self._pending + chunk, b""
+        pieces: list[tuple[bool, bytes]] = []
+        position = 0
+        while position < len(data):
+            if self._in_head:
+                end = _HEAD_END.search(data, position)
+                if end is None and len(data) - position <= MAX_PART_HEAD:
+                    self._pending = data[position:]
+                    return pieces
+                stop = end.end() if end is not None else len(data)
+                pieces.append((end is not None, data[position:stop]))
+                position, self._in_head = stop, False
+                continue
+            found = data.find(self._delimiter, position)
+            if found < 0:
+                keep = max(position, len(data) - len(self._delimiter) + 1)
+                pieces.append((False, data[position:keep]))
+                self._pending = data[keep:]
+                return pieces
+            pieces.append((False, data[position:found]))
+            position, self._in_head = found, True
+        return pieces
+
+    def flush(self) -> list[tuple[bool, bytes]]:
+        rest, self._pending = self._pending, b""
+        return [(False, rest)] if rest else []
+
+
+class PartHeadersRewriter:
+    """Feed a multipart body's chunks, get them back with upstream URLs in the part
+    headers rewritten (the same interface as :class:`StreamRewriter`)."""
+
+    def __init__(self, rewriter: Rewriter, boundary: str) -> None:
+        self._rewriter = rewriter
+        self._parts = PartHeads(boundary)
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._join(self._parts.feed(chunk))
+
+    def flush(self) -> bytes:
+        return self._join(self._parts.flush())
+
+    def _join(self, pieces: list[tuple[bool, bytes]]) -> bytes:
+        rewrite = self._rewriter.rewrite_bytes
+        return b"".join(rewrite(data) if head else data for head, data in pieces)
+
+
+class PartURLs:
+    """Watches the part headers of a multipart body for upstream URLs as it streams:
+    :attr:`first` is known (not None) once the first part's headers went by, and
+    :attr:`any` tells whether any part's did name one so far."""
+
+    def __init__(self, pattern: re.Pattern[bytes], boundary: str) -> None:
+        self._pattern = pattern
+        self._heads = PartHeads(boundary)
+        self.first: bool | None = None
+        self.any = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.any:
+            return  # nothing left to learn
+        for head, data in self._heads.feed(chunk):
+            if head:
+                found = self._pattern.search(data) is not None
+                self.first = found if self.first is None else self.first
+                self.any = self.any or found
+
+    def end(self) -> None:
+        if self.first is None:
+            self.first = False
