@@ -11,6 +11,7 @@
      ├── RequestTimeout (408)
      ├── PayloadTooLarge (413)
      ├── UnsupportedMediaType (415)
+     ├── RangeNotSatisfiable (416)
      ├── InsufficientStorage (507)
      ├── UpstreamError (502)
      │    ├── UpstreamUnreachable (502)
@@ -92,6 +93,13 @@ class PayloadTooLarge(ProxyError):
 class UnsupportedMediaType(ProxyError):
     status = 415
     title = "Unsupported media type"
+
+
+class RangeNotSatisfiable(ProxyError):
+    """RFC 9110 section 15.5.17: carries ``Content-Range: bytes */size``."""
+
+    status = 416
+    title = "Range not satisfiable"
 
 
 class InsufficientStorage(ProxyError):

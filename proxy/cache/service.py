@@ -28,6 +28,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy import forward, metrics
+from proxy.cache import partial
 from proxy.cache.fill import Fill, FillReader, file_chunks
 from proxy.cache.heads import Heads
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
@@ -35,10 +36,16 @@ from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
 from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
 from proxy.cache.stored import JOIN_BELOW, StoredBody
-from proxy.cache.variants import Variants, weak
+from proxy.cache.variants import MAX_SOURCE, Variants, weak
 from proxy.dicomweb.media import answers
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
-from proxy.errors import ProxyError, UpstreamError, UpstreamInvalid, UpstreamTimeout
+from proxy.errors import (
+    ProxyError,
+    RangeNotSatisfiable,
+    UpstreamError,
+    UpstreamInvalid,
+    UpstreamTimeout,
+)
 from proxy.exchange import Exchange
 from proxy.metrics import Metrics
 from proxy.settings import Settings
@@ -49,6 +56,14 @@ log = logging.getLogger("dicomweb_proxy")
 # Below this much free disk the cache stops filling (and keeps serving).
 MIN_FREE_BYTES = 64 * 1024**2
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+_CLIENT_CONDITIONS = (
+    "Range",
+    "If-Range",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Match",
+    "If-Unmodified-Since",
+)
 
 
 class Cache:
@@ -103,7 +118,7 @@ class Cache:
         self, request: web.Request, exchange: Exchange, policy: Policy
     ) -> web.StreamResponse:
         directives = _cache_control(request)
-        if "no-store" in directives or "Range" in request.headers:
+        if "no-store" in directives:
             return await self._bypass(request, exchange)
         hit = None if "no-cache" in directives else self.store.get(policy.key)
         if hit is not None:
@@ -115,7 +130,28 @@ class Cache:
         if request.method == "HEAD":
             return await self._bypass(request, exchange)
         result = "bypass" if "no-cache" in directives else "miss"
+        if "Range" in request.headers:
+            return await self._fill_then_serve(request, exchange, policy, hit, result)
         return await self._serve_fill(request, exchange, policy, hit, result)
+
+    async def _fill_then_serve(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        policy: Policy,
+        expired: Hit | None,
+        result: str,
+    ) -> web.StreamResponse:
+        """SPEC section 3: a miss with ``Range`` fills the whole entry, then answers the
+        range from it, so no byte of it ever crosses the upstream twice.  An answer the
+        cache did not keep (an error, a body not storable, an expired entry the fill
+        could not replace) is asked for as it was."""
+        await self.warm(exchange, policy, refill=True)
+        stored = self.store.get(policy.key)
+        if stored is None or (expired is not None and stored.path == expired.path):
+            return await self._bypass(request, exchange)
+        served = await self.serve_hit(request, exchange, stored, result)
+        return served if served is not None else await self._bypass(request, exchange)
 
     async def _bypass(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         self.results["bypass"] += 1
@@ -147,6 +183,15 @@ class Cache:
             return web.Response(status=304, headers=_validators(head, exchange.request_id))
         if head.changes_body:
             return await self._serve_variant(request, exchange, hit, head, body)
+        try:
+            ranges = partial.wanted(request, meta.etag, meta.size)
+        except RangeNotSatisfiable:
+            body.close()
+            raise
+        if ranges:
+            headers = head.headers.copy()
+            headers["X-Request-ID"] = exchange.request_id
+            return await partial.send(request, hit, body, ranges, headers)
         if meta.size < JOIN_BELOW:
             with body:
                 return _from_memory(head, exchange.request_id, body.read())
@@ -167,7 +212,7 @@ class Cache:
         try:
             data = await self.variants.body(hit, body, exchange.rewriter, head.compress)
             if data is not None:
-                return _from_memory(head, exchange.request_id, data)
+                return self._variant_response(request, exchange, hit, head, data)
             response = head.response(exchange.request_id)
             await response.prepare(request)
             if request.method != "HEAD":
@@ -176,6 +221,17 @@ class Cache:
             body.close()
         await response.write_eof()
         return response
+
+    def _variant_response(
+        self, request: web.Request, exchange: Exchange, hit: Hit, head: forward.Head, data: bytes
+    ) -> web.Response:
+        """The whole variant, or byte ranges of an identity one."""
+        ranges = None if head.compress else partial.wanted(request, hit.meta.etag, len(data))
+        if not ranges:
+            return _from_memory(head, exchange.request_id, data)
+        headers = head.headers.copy()
+        headers["X-Request-ID"] = exchange.request_id
+        return partial.from_memory(data, ranges, headers)
 
     def _head(
         self, request: web.Request, exchange: Exchange, hit: Hit, result: str
@@ -200,6 +256,8 @@ class Cache:
                 x_cache=result.upper(),
                 part_urls=meta.part_urls,
             )
+            if takes_ranges(head, meta):
+                head.headers["Accept-Ranges"] = "bytes"
             self.heads.put(key, head)
         return head
 
@@ -304,12 +362,13 @@ class Cache:
         await forward.relay(request, response, reader.chunks(), exchange.rewriter)
         return response
 
-    async def warm(self, exchange: Exchange, policy: Policy) -> None:
-        """Fill an entry with no client waiting (read-ahead); joins a fill under way."""
-        if self.store.get(policy.key) is not None:
+    async def warm(self, exchange: Exchange, policy: Policy, *, refill: bool = False) -> None:
+        """Fill an entry with no client waiting (read-ahead, ranges); joins a fill under
+        way.  Unless ``refill``, an entry already stored is left as it is."""
+        if not refill and self.store.get(policy.key) is not None:
             return
         claimed = await self._claim(policy.key)
-        if isinstance(claimed, Hit):
+        if isinstance(claimed, Hit):  # another worker filled it meanwhile: it is fresh
             return
         if isinstance(claimed, Fill):
             await claimed.finished.wait()
@@ -357,8 +416,10 @@ class Cache:
 
         def open_response() -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
             headers = exchange.upstream_headers.copy()
-            headers.popall("If-None-Match", None)
-            headers.popall("If-Modified-Since", None)
+            # A fill stores the whole representation, whatever part or condition the
+            # client asked for (answered from the entry once it is stored).
+            for name in _CLIENT_CONDITIONS:
+                headers.popall(name, None)
             return self.upstream.request("GET", exchange.upstream_url, headers)
 
         async def commit(done: Fill) -> None:
@@ -507,6 +568,11 @@ class Cache:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def takes_ranges(head: forward.Head, meta: Meta) -> bool:
+    """Sent as stored, or an identity variant held in memory (:mod:`proxy.cache.partial`)."""
+    return not head.changes_body or (not head.compress and meta.size <= MAX_SOURCE)
 
 
 def _from_memory(head: forward.Head, request_id: str, data: bytes) -> web.Response:

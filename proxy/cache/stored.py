@@ -36,17 +36,25 @@ JOIN_BELOW = 64 * 1024
 
 
 class StoredBody(web.StreamResponse):
-    """A complete stored body of ``size`` bytes, sent from ``handle`` (then closed)."""
+    """``size`` bytes of a stored body from ``offset`` (all of it, or one byte range),
+    sent from ``handle`` (then closed)."""
 
     # aiohttp keeps the serialised head in its writer until the first body write (as
     # it does for a web.Response), so that :meth:`_send_head` can send it with MSG_MORE.
     _send_headers_immediately = False
 
     def __init__(
-        self, handle: BinaryIO, size: int, *, status: int, headers: CIMultiDict[str]
+        self,
+        handle: BinaryIO,
+        size: int,
+        *,
+        status: int,
+        headers: CIMultiDict[str],
+        offset: int = 0,
     ) -> None:
         super().__init__(status=status, headers=headers)
         self._handle = handle
+        self._offset = offset
         self.content_length = size
         self.sent_directly = 0  # bytes sent past aiohttp's writer (the access log adds them)
 
@@ -70,15 +78,18 @@ class StoredBody(web.StreamResponse):
             raise ConnectionResetError("connection lost")
         try:
             self._send_head(transport)
-            sent = _sendfile_now(transport, self._handle, size)  # usually all of it
+            offset = self._offset
+            sent = _sendfile_now(transport, self._handle, offset, size)  # usually all of it
             if sent < size:
                 await asyncio.get_running_loop().sendfile(
-                    transport, self._handle, sent, size - sent
+                    transport, self._handle, offset + sent, size - sent
                 )
             self.sent_directly += size
         except NotImplementedError:  # e.g. TLS transports: copy in chunks
-            self._handle.seek(0)
-            while chunk := self._handle.read(256 * 1024):
+            self._handle.seek(self._offset)
+            left = size
+            while left and (chunk := self._handle.read(min(left, 256 * 1024))):
+                left -= len(chunk)
                 await self.write(chunk)
         except ConnectionError as exc:  # the client went away mid-body
             raise ConnectionResetError(str(exc)) from exc
@@ -137,7 +148,7 @@ def _idle_socket(transport: asyncio.Transport) -> Any:
     return transport.get_extra_info("socket")
 
 
-def _sendfile_now(transport: asyncio.Transport, handle: BinaryIO, size: int) -> int:
+def _sendfile_now(transport: asyncio.Transport, handle: BinaryIO, offset: int, size: int) -> int:
     """Bytes sent at once with ``os.sendfile`` while the socket takes them."""
     sock = _idle_socket(transport)
     if sock is None:
@@ -145,7 +156,7 @@ def _sendfile_now(transport: asyncio.Transport, handle: BinaryIO, size: int) -> 
     sent = 0
     try:
         while sent < size:
-            count = os.sendfile(sock.fileno(), handle.fileno(), sent, size - sent)
+            count = os.sendfile(sock.fileno(), handle.fileno(), offset + sent, size - sent)
             if count == 0:
                 break
             sent += count
