@@ -46,6 +46,11 @@ FRAMES_ACCEPT = "multipart/related; type=application/octet-stream; transfer-synt
      (FRAMES, FRAMES_ACCEPT, ORTHANC_DICOM, False),
      (FRAMES, FRAMES_ACCEPT, "text/html", False),
      (FRAMES, None, ORTHANC_FRAMES, True),
+     # dicomweb-client's retrieve_instance_frames: any part type, but still multipart.
+     (FRAMES, 'multipart/related; type="*/*"', ORTHANC_FRAMES, True),
+     (FRAMES, 'multipart/related; type="*/*"', "text/html", False),
+     (FRAMES, 'multipart/related; type="image/*"', 'multipart/related; type="image/jpeg"; boundary=x', True),
+     (FRAMES, 'multipart/related; type="image/*"', ORTHANC_FRAMES, False),
      (METADATA, "application/dicom+json", "application/dicom+json", True),
      (METADATA, "application/dicom+json", "application/json", True),
      (METADATA, "application/json", "application/dicom+json", True),

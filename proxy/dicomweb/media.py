@@ -137,8 +137,13 @@ def _matches(main: str, params: dict[str, str], wanted: str, wanted_params: dict
         return False
     wanted_part, given = _part_type(wanted_params), _part_type(params)
     # A multipart range that names its part type is answered only by parts of that
-    # type; a response that does not say is judged by its main type alone.
-    return wanted_part is None or given is None or given == wanted_part
+    # type (dicomweb-client asks frames with type="*/*"); a response that does not say
+    # is judged by its main type alone.
+    if wanted_part is None or given is None or wanted_part == "*/*":
+        return True
+    if wanted_part.endswith("/*"):
+        return given.startswith(wanted_part[:-1])
+    return given == wanted_part
 
 
 def _part_type(params: dict[str, str]) -> str | None:
