@@ -12,7 +12,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN pip wheel --wheel-dir /wheels '.[codings]'
+RUN pip wheel --wheel-dir /wheels '.[codings,google,azure,aws]'
 
 # -- stage 2: slim runtime, no compiler, no build tools ---------------------------------
 FROM python:${PYTHON_VERSION}-slim AS runtime
@@ -23,7 +23,7 @@ RUN groupadd --system --gid 10001 dicomweb \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /var/cache/dicomweb-proxy --shell /usr/sbin/nologin dicomweb
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels 'dicomweb-proxy[codings]' \
+    pip install --no-index --find-links=/wheels 'dicomweb-proxy[codings,google,azure,aws]' \
     && mkdir -p /var/cache/dicomweb-proxy \
     && chown 10001:10001 /var/cache/dicomweb-proxy
 

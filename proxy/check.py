@@ -54,10 +54,10 @@ async def _credential(settings: Settings, upstream: Upstream) -> Result:
         note = "clients' credentials are forwarded" if mode == "passthrough" else "no credentials"
         return Result("upstream auth", True, f"{mode}: {note}")
     try:
-        await credentials.authorization()
+        source = await credentials.ready()  # names the source: key file, metadata server...
     except UpstreamAuthFailed as exc:
         return Result("upstream auth", False, f"{credentials.describe()}: {exc.detail}")
-    return Result("upstream auth", True, f"{credentials.describe()}: credential ready")
+    return Result("upstream auth", True, f"{source}: credential ready")
 
 
 def _config(settings: Settings) -> Result:

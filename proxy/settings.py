@@ -263,7 +263,8 @@ class Settings:
     upstream_auth: str = field(
         default="none",
         metadata=opt(
-            "upstream credentials", choice("none", "passthrough", "basic", "bearer", "oauth2")
+            "upstream credentials",
+            choice("none", "passthrough", "basic", "bearer", "oauth2", "google", "azure", "aws"),
         ),
     )
     inbound_auth: str = field(
@@ -315,6 +316,44 @@ class Settings:
     oauth2_client_auth: str = field(
         default="basic",
         metadata=opt("how the client authenticates to the token endpoint", choice("basic", "body")),
+    )
+    google_credentials_file: str | None = field(
+        default=None,
+        metadata=opt(
+            "google: service-account key file (else GOOGLE_APPLICATION_CREDENTIALS, else "
+            "the metadata server)",
+            parse_optional_str,
+        ),
+    )
+    google_scope: str = field(
+        default="https://www.googleapis.com/auth/cloud-healthcare",
+        metadata=opt("google: OAuth2 scope(s) of the token, space separated", parse_str),
+    )
+    azure_tenant_id: str | None = field(
+        default=None,
+        metadata=opt("azure: Entra ID tenant (else AZURE_TENANT_ID)", parse_optional_str),
+    )
+    azure_client_id: str | None = field(
+        default=None,
+        metadata=opt(
+            "azure: app or user-assigned identity client id (else AZURE_CLIENT_ID)",
+            parse_optional_str,
+        ),
+    )
+    azure_client_secret: str | None = field(
+        default=None,
+        metadata=opt("azure: Entra ID client secret", parse_optional_str, secret=True),
+    )
+    azure_client_secret_file: str | None = field(
+        default=None,
+        metadata=opt("azure: file holding the Entra ID client secret", parse_optional_str),
+    )
+    aws_region: str | None = field(
+        default=None,
+        metadata=opt(
+            "aws: region to sign for (else the AWS config, else the upstream host)",
+            parse_optional_str,
+        ),
     )
     admin_token: str | None = field(
         default=None,

@@ -6,8 +6,10 @@ never stalls for longer than the same idle timeout.  There is no total deadline:
 2 GiB study retrieve takes minutes.
 
 Credentials (SPEC section 4): with a provider, every request (the readiness probe
-included) carries the provider's ``Authorization``; a 401 makes the provider renew
-its credential once, and a request whose body can be sent again is retried with it.
+included) is handed to the provider just before it is sent (an ``Authorization``
+header, or a SigV4 signature over the whole request); a refusal (401, and 403 for
+SigV4) makes the provider renew its credential once, and a request whose body can be
+sent again is retried with it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.auth.credentials import Credentials
+from proxy.auth.credentials import Credentials, Outgoing
 from proxy.dicomweb import coding
 from proxy.dicomweb.ending import end_check
 from proxy.errors import UpstreamError, UpstreamInvalid, UpstreamTimeout, UpstreamUnreachable
@@ -98,21 +100,22 @@ class Upstream:
         headers: Mapping[str, str] | CIMultiDict[str],
         data: Body | BodyFactory,
     ) -> aiohttp.ClientResponse:
-        """One attempt, and a second one after a 401 when the credential was renewed."""
-        sent = await self._authorization()
-        response = await self._attempt(method, url, headers, data, sent)
-        if response.status != 401 or self.credentials is None or sent is None:
+        """One attempt, and a second one after a refusal (401; 403 for SigV4) when the
+        credential was renewed."""
+        sent, response = await self._attempt(method, url, headers, data)
+        credentials = self.credentials
+        if credentials is None or sent is None or not credentials.refused(response.status):
             return response
         try:
             # Renew even when the body cannot be replayed: the next request benefits.
-            renewed = await self.credentials.renew(sent)
+            renewed = await credentials.renew(sent)
         except BaseException:
             response.release()
             raise
         if not renewed or not _replayable(data):
             return response
         response.release()
-        return await self._attempt(method, url, headers, data, await self._authorization())
+        return (await self._attempt(method, url, headers, data))[1]
 
     async def _attempt(
         self,
@@ -120,14 +123,18 @@ class Upstream:
         url: URL,
         headers: Mapping[str, str] | CIMultiDict[str],
         data: Body | BodyFactory,
-        authorization: str | None,
-    ) -> aiohttp.ClientResponse:
-        if authorization is not None or "Accept-Encoding" not in headers:
+    ) -> tuple[str | None, aiohttp.ClientResponse]:
+        """Send once; returns what the provider said it sent, and the response."""
+        sent = None
+        if self.credentials is not None or "Accept-Encoding" not in headers:
             headers = CIMultiDict(headers)  # the caller's mapping is never changed
             # Without Accept-Encoding an origin may pick any coding (RFC 9110 12.5.3).
             headers.setdefault("Accept-Encoding", coding.GZIP_TEXT)
-            if authorization is not None:
-                headers["Authorization"] = authorization
+            if self.credentials is not None:
+                # Last step before sending: a SigV4 signature is only valid for minutes.
+                outgoing = Outgoing(method, url, headers, data)
+                sent = await self.credentials.apply(outgoing)
+                url = outgoing.url
         body = data() if callable(data) else data
         started = time.perf_counter()
         try:
@@ -139,10 +146,7 @@ class Upstream:
             self._observe("timeout" if isinstance(exc, UpstreamTimeout) else "error", started)
             raise
         self._observe(str(response.status), started)
-        return response
-
-    async def _authorization(self) -> str | None:
-        return await self.credentials.authorization() if self.credentials else None
+        return sent, response
 
     def _observe(self, status: str, started: float) -> None:
         elapsed = time.perf_counter() - started

@@ -5,11 +5,16 @@
     watched.py      WatchedFile: a small secret/config file re-read when it changes
     inbound.py      client -> proxy: htpasswd Basic or static bearer tokens (a middleware)
     credentials.py  proxy -> upstream: the Credentials protocol, Basic and bearer providers
-    oauth2.py       proxy -> upstream: OAuth2 client-credentials tokens (RFC 6749 4.4)
+    tokens.py       a bearer token cached and refreshed in a single flight
+    oauth2.py       OAuth2 client-credentials tokens (RFC 6749 4.4) from a token endpoint
+    azure.py        Entra ID tokens (secret, workload identity, managed identity) via oauth2
+    google.py       Cloud Healthcare tokens from google-auth (key file, metadata server)
+    aws.py          SigV4 signing of every request with botocore's credential chain
     partition.py    the cache partition of a request (per credential with passthrough)
     config.py       Settings -> the objects above; start-up validation naming the option
 
 Dependencies point one way: ``config`` imports the rest; nothing here imports the app.
+google-auth and botocore (optional extras) are imported only when their mode is built.
 No secret is ever logged, put in an exception message or shown by a ``repr``.
 """
 

@@ -6,9 +6,12 @@ into one line and exit status 2 (SPEC section 1).
 
 from __future__ import annotations
 
+import os
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 
+from proxy.auth import aws, azure, google
 from proxy.auth.credentials import BasicCredentials, BearerCredentials, Credentials
 from proxy.auth.inbound import Gate, HtpasswdGate, TokenGate
 from proxy.auth.oauth2 import ClientConfig, OAuth2Credentials
@@ -39,8 +42,16 @@ def inbound_from(settings: Settings) -> Gate | None:
     return None
 
 
-def credentials_from(settings: Settings) -> Credentials | None:
-    """None for ``none`` and ``passthrough`` (the client's header is used, if any)."""
+def credentials_from(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> Credentials | None:
+    """None for ``none`` and ``passthrough`` (the client's header is used, if any).
+
+    ``environ`` (default: the process environment) is read only for the variables the
+    cloud platforms define (GOOGLE_APPLICATION_CREDENTIALS, AZURE_*, ...); the SDKs
+    read theirs from the process environment themselves.
+    """
+    environ = os.environ if environ is None else environ
     mode = settings.upstream_auth
     if mode == "basic":
         username = _required(settings, "upstream_username", "--upstream-auth basic")
@@ -51,6 +62,12 @@ def credentials_from(settings: Settings) -> Credentials | None:
         return BearerCredentials(_secret(settings, "upstream_token", mode))
     if mode == "oauth2":
         return _oauth2(settings)
+    if mode == "google":
+        return google.credentials_from(settings, environ)
+    if mode == "azure":
+        return _azure(settings, environ)
+    if mode == "aws":
+        return aws.credentials_from(settings)
     return None
 
 
@@ -72,6 +89,19 @@ def _oauth2(settings: Settings) -> OAuth2Credentials:
     )
     return OAuth2Credentials(
         config, timeout=settings.upstream_timeout, ssl_context=_token_ssl(settings)
+    )
+
+
+def _azure(settings: Settings, environ: Mapping[str, str]) -> azure.AzureCredentials:
+    has_secret = settings.azure_client_secret or settings.azure_client_secret_file
+    source = azure.source_from(
+        environ,
+        settings.azure_tenant_id or environ.get("AZURE_TENANT_ID"),
+        settings.azure_client_id or environ.get("AZURE_CLIENT_ID"),
+        _secret(settings, "azure_client_secret", "azure") if has_secret else None,
+    )
+    return azure.AzureCredentials(
+        source, timeout=settings.upstream_timeout, ssl_context=_token_ssl(settings)
     )
 
 

@@ -1,27 +1,55 @@
 """Proxy -> upstream credentials (SPEC section 4, ``--upstream-auth``).
 
-:class:`Credentials` is what :class:`proxy.upstream.Upstream` asks for the
-``Authorization`` header of every upstream request, and tells when the upstream
-answered 401.  ``passthrough`` has no provider: the client's own header is forwarded.
+:class:`Credentials` is what :class:`proxy.upstream.Upstream` asks to put a credential
+on every upstream request (:meth:`Credentials.apply`), and tells when the upstream
+refused it.  Most providers only supply an ``Authorization`` value
+(:class:`HeaderCredentials`); AWS SigV4 signs the whole request (method, URL, headers,
+payload hash), which is why the hook sees the request and not just a header.
+``passthrough`` has no provider: the client's own header is forwarded.
 """
 
 from __future__ import annotations
 
 import abc
 from base64 import b64encode
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDict
+from yarl import URL
 
 from proxy.auth.watched import Secret
 
+if TYPE_CHECKING:
+    from proxy.upstream import Body, BodyFactory
+
+
+@dataclass
+class Outgoing:
+    """One upstream request about to be sent; a provider may add headers and (SigV4,
+    to send the query exactly as it was signed) replace the URL.  ``headers`` is the
+    request's own copy, never the caller's mapping."""
+
+    method: str
+    url: URL
+    headers: CIMultiDict[str]
+    data: Body | BodyFactory
+
 
 class Credentials(abc.ABC):
-    """Supplies the ``Authorization`` value for upstream requests."""
+    """Puts the upstream credential on requests and renews it when it is refused."""
 
     @abc.abstractmethod
-    async def authorization(self) -> str:
-        """The header value to send now (may fetch or re-read a credential)."""
+    async def apply(self, request: Outgoing) -> str:
+        """Add the credential to ``request``; returns an opaque value naming what was
+        sent, given back to :meth:`renew` if the upstream refuses it (never logged)."""
+
+    def refused(self, status: int) -> bool:
+        """Whether ``status`` means the credential was refused (RFC 9110 15.5.2: 401)."""
+        return status == 401
 
     async def renew(self, rejected: str) -> bool:
-        """Called after the upstream answered 401 to ``rejected``; True when a different
+        """Called after the upstream refused ``rejected``; True when a different
         credential is now available, so that the request is worth sending once more."""
         return False
 
@@ -29,12 +57,34 @@ class Credentials(abc.ABC):
     def describe(self) -> str:
         """One line for ``dicomweb-proxy check``, without any secret."""
 
+    @abc.abstractmethod
+    async def ready(self) -> str:
+        """Obtain the credential now (``dicomweb-proxy check``); the line naming it and
+        the source it came from.  Raises UpstreamAuthFailed when none can be had."""
+
     async def close(self) -> None:
         """Release what the provider holds (sessions); most hold nothing."""
         return None
 
 
-class BasicCredentials(Credentials):
+class HeaderCredentials(Credentials):
+    """A provider whose credential is one ``Authorization`` value (RFC 9110 11.6.2)."""
+
+    @abc.abstractmethod
+    async def authorization(self) -> str:
+        """The header value to send now (may fetch or re-read a credential)."""
+
+    async def apply(self, request: Outgoing) -> str:
+        value = await self.authorization()
+        request.headers["Authorization"] = value
+        return value
+
+    async def ready(self) -> str:
+        await self.authorization()
+        return self.describe()
+
+
+class BasicCredentials(HeaderCredentials):
     """RFC 7617 Basic with ``--upstream-username`` and the password (inline or file)."""
 
     def __init__(self, username: str, password: Secret) -> None:
@@ -56,7 +106,7 @@ class BasicCredentials(Credentials):
         return f"basic as user {self._username!r}"
 
 
-class BearerCredentials(Credentials):
+class BearerCredentials(HeaderCredentials):
     """RFC 6750 bearer token: static, or a file re-read when it changes (Kubernetes
     projected service-account tokens, Vault agent sinks)."""
 

@@ -78,7 +78,9 @@ emptyDir is never evicted for exceeding its sizeLimit.  Argument: the values.
 {{/* Does this configuration need the credentials volume?  Argument: the values. */}}
 {{- define "dicomweb-proxy.needsSecret" -}}
 {{- $auth := .upstream.auth }}
-{{- if or (has $auth (list "basic" "bearer" "oauth2")) (ne .inbound.auth "none") .admin.token .existingSecretHasAdminToken }}true{{ end }}
+{{- $googleKey := and (eq $auth "google") (or .upstream.google.serviceAccountKey .upstream.google.existingSecretHasKey) }}
+{{- $azureSecret := and (eq $auth "azure") (or .upstream.azure.clientSecret .upstream.azure.existingSecretHasClientSecret) }}
+{{- if or (has $auth (list "basic" "bearer" "oauth2")) $googleKey $azureSecret (ne .inbound.auth "none") .admin.token .existingSecretHasAdminToken }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -115,6 +117,27 @@ DICOMWEB_PROXY_OAUTH2_CLIENT_ID: {{ required "upstream.oauth2.clientId is requir
 DICOMWEB_PROXY_OAUTH2_CLIENT_SECRET_FILE: {{ printf "%s/oauth2-client-secret" $secrets | quote }}
 {{- if .upstream.oauth2.scope }}
 DICOMWEB_PROXY_OAUTH2_SCOPE: {{ .upstream.oauth2.scope | quote }}
+{{- end }}
+{{- else if eq .upstream.auth "google" }}
+{{- if or .upstream.google.serviceAccountKey .upstream.google.existingSecretHasKey }}
+DICOMWEB_PROXY_GOOGLE_CREDENTIALS_FILE: {{ printf "%s/google-credentials.json" $secrets | quote }}
+{{- end }}
+{{- if .upstream.google.scope }}
+DICOMWEB_PROXY_GOOGLE_SCOPE: {{ .upstream.google.scope | quote }}
+{{- end }}
+{{- else if eq .upstream.auth "azure" }}
+{{- if .upstream.azure.tenantId }}
+DICOMWEB_PROXY_AZURE_TENANT_ID: {{ .upstream.azure.tenantId | quote }}
+{{- end }}
+{{- if .upstream.azure.clientId }}
+DICOMWEB_PROXY_AZURE_CLIENT_ID: {{ .upstream.azure.clientId | quote }}
+{{- end }}
+{{- if or .upstream.azure.clientSecret .upstream.azure.existingSecretHasClientSecret }}
+DICOMWEB_PROXY_AZURE_CLIENT_SECRET_FILE: {{ printf "%s/azure-client-secret" $secrets | quote }}
+{{- end }}
+{{- else if eq .upstream.auth "aws" }}
+{{- if .upstream.aws.region }}
+DICOMWEB_PROXY_AWS_REGION: {{ .upstream.aws.region | quote }}
 {{- end }}
 {{- end }}
 DICOMWEB_PROXY_INBOUND_AUTH: {{ .inbound.auth | quote }}
