@@ -13,13 +13,12 @@ says why, and what a change saved, with less noise than req/s on a shared machin
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from bench import data, hits, wrk
+from bench.hits import Pids, cpu_seconds
 from bench.nginx import Nginx
 from bench.profile import WORKLOADS
 from bench.servers import Proxy
@@ -27,21 +26,6 @@ from harness.net import free_port
 from harness.orthanc import Orthanc
 
 SECONDS = 5
-TICKS = os.sysconf("SC_CLK_TCK")
-
-Pids = Callable[[], list[int]]
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system time of ``pids`` so far (fields 14 and 15 of /proc/PID/stat)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone: its time is lost, as for any process that exits
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
 
 
 def measure(
@@ -52,7 +36,7 @@ def measure(
     for _ in range(rounds):
         for name, (url, pids) in targets.items():
             own, upstream = cpu_seconds(pids()), cpu_seconds(origin())
-            result = wrk.run(url, load.paths, load.accept, seconds=SECONDS, connections=16)
+            result = wrk.run(url, load.paths, load.headers, seconds=SECONDS, connections=16)
             served = max(result.rps * SECONDS, 1.0) / 1e6  # millions of requests
             own = (cpu_seconds(pids()) - own) / served
             upstream = (cpu_seconds(origin()) - upstream) / served
@@ -90,14 +74,14 @@ def _targets(
 ) -> dict[str, tuple[str, Pids]]:
     if passthrough:
         return {
-            "proxy --no-cache": (proxy.url, lambda: [proxy.pid]),
+            "proxy --no-cache": (proxy.url, proxy.pids),
             "nginx, no cache": (nginx.url + "/nocache", nginx.worker_pids),
             "orthanc direct": (orthanc.url, lambda: []),
         }
     hits.warm(proxy.url, load, "X-Cache")
     hits.warm(nginx.url, load, "X-Cache-Status")
     return {
-        "proxy": (proxy.url, lambda: [proxy.pid]),
+        "proxy": (proxy.url, proxy.pids),
         "nginx proxy_cache": (nginx.url, nginx.worker_pids),
     }
 

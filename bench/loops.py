@@ -30,7 +30,10 @@ def compare(orthanc: Orthanc, loads: list[hits.Workload], args: argparse.Namespa
                 if not extra:
                     hits.warm(default.url, load, "X-Cache")
                     hits.warm(uv.url, load, "X-Cache")
-                targets = {"asyncio": default.url, "uvloop": uv.url}
+                targets = {
+                    "asyncio": hits.Target(default.url, default.pids),
+                    "uvloop": hits.Target(uv.url, uv.pids),
+                }
                 results = hits.alternate(
                     targets, load, rounds=args.rounds, seconds=args.seconds, connections=16
                 )

@@ -95,7 +95,7 @@ def _sample(proxy: Proxy, load: hits.Workload, seconds: int, out: Path, mode: st
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    result = wrk.run(proxy.url, load.paths, load.accept, seconds=seconds + 2, connections=16)
+    result = wrk.run(proxy.url, load.paths, load.headers, seconds=seconds + 2, connections=16)
     sampler.wait(60)
     own, inclusive, total = aggregate(raw.read_text())
     header = (

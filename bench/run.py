@@ -100,20 +100,37 @@ def section_hits(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
         proxy.stop()
         raise
     try:
-        for load in loads:
-            hits.warm(proxy.url, load, "X-Cache")
-            hits.warm(nginx.url, load, "X-Cache-Status")
-        log("warm: every path answers X-Cache: HIT (proxy) and X-Cache-Status: HIT (nginx)")
-        targets = {"proxy": proxy.url, "nginx": nginx.url, "orthanc": orthanc.url}
+        codings = {load.name: warm_both(proxy, nginx, load, log) for load in loads}
+        targets = {
+            "proxy": hits.Target(proxy.url, proxy.pids),
+            "nginx": hits.Target(nginx.url, nginx.pids),
+            "orthanc": hits.Target(orthanc.url, orthanc_pids(orthanc)),
+        }
         results = _run_hits(plan, targets, loads, log)
     finally:
         proxy.stop()
         nginx.stop()
     return {
         "sizes": sizes,
+        "codings": codings,
+        "headers": {load.name: load.headers for load in loads},
         "results": results,
         "workers2": section_workers(plan, orthanc, loads, log),
     }
+
+
+def warm_both(proxy: Proxy, nginx: Nginx, load: hits.Workload, log: Log) -> str:
+    """Both caches answer HIT for exactly the workload's headers, in the same coding."""
+    ours = hits.warm(proxy.url, load, "X-Cache")
+    theirs = hits.warm(nginx.url, load, "X-Cache-Status")
+    if ours != theirs:
+        raise RuntimeError(f"{load.name}: the proxy's hits are {ours}, nginx's {theirs}")
+    log(f"warm: {load.name}: HIT from both for {load.headers} ({ours})")
+    return ours
+
+
+def orthanc_pids(orthanc: Orthanc) -> hits.Pids:
+    return lambda: [orthanc.process.pid] if orthanc.process else []
 
 
 def _worker_count(proxy: Proxy) -> int:
@@ -137,9 +154,11 @@ def section_workers(
         try:
             chosen = [load for load in loads if load.name.startswith(("512", "study"))]
             for load in chosen:
-                hits.warm(proxy.url, load, "X-Cache")
-                hits.warm(nginx.url, load, "X-Cache-Status")
-            targets = {"proxy x2": proxy.url, "nginx x2": nginx.url}
+                warm_both(proxy, nginx, load, log)
+            targets = {
+                "proxy x2": hits.Target(proxy.url, proxy.pids),
+                "nginx x2": hits.Target(nginx.url, nginx.pids),
+            }
             return dict(_run_hits(plan, targets, chosen, log))
         finally:
             nginx.stop()
@@ -161,17 +180,21 @@ def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
         raise
     try:
         targets = {
-            "proxy --no-cache": proxy.url,
-            "nginx, no cache": nginx.url + "/nocache",
-            "orthanc": orthanc.url,
+            "proxy --no-cache": hits.Target(proxy.url, proxy.pids),
+            "nginx, no cache": hits.Target(nginx.url + "/nocache", nginx.pids),
+            "orthanc": hits.Target(orthanc.url, orthanc_pids(orthanc)),
         }
         common = {"rounds": plan.rounds, "seconds": plan.seconds, "progress": log}
         throughput = hits.alternate(targets, instances, connections=plan.connections, **common)  # type: ignore[arg-type]
+        # curl's headers (no Accept-Encoding): Orthanc direct then compresses nothing
+        # either, the figure that cannot flatter an intermediary asking for identity.
+        plain = hits.Workload(instances.name, instances.paths, {"Accept": instances.accept})
+        identity = hits.alternate(targets, plain, connections=plan.connections, **common)  # type: ignore[arg-type]
         latency = hits.alternate(targets, metadata, connections=1, **common)  # type: ignore[arg-type]
         log(f"added latency: {plan.pairs} pairs of study-metadata requests per target")
-        del targets["orthanc"]
+        urls = {name: target.url for name, target in targets.items() if name != "orthanc"}
         added = paired.added_latency(
-            orthanc.url, targets, metadata.paths[0], metadata.accept, pairs=plan.pairs
+            orthanc.url, urls, metadata.paths[0], metadata.accept, pairs=plan.pairs
         )
     finally:
         proxy.stop()
@@ -180,6 +203,7 @@ def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
     instant = added_instantly(orthanc, metadata, plan.pairs)
     return {
         "512 KiB instances": throughput,
+        "512 KiB instances, no Accept-Encoding": identity,
         "study metadata, 1 connection": latency,
         "added": {name: asdict(value) for name, value in added.items()},
         "added_instant": {name: asdict(value) for name, value in instant.items()},

@@ -80,6 +80,10 @@ class Proxy(Process):
         """How many processes serve: 1, or 1 + workers when ``--workers`` forks."""
         return 1 + len(_children(self.pid))
 
+    def pids(self) -> list[int]:
+        """The process and its workers: whose CPU time is the proxy's."""
+        return [self.pid, *_children(self.pid)]
+
     def admin(self, method: str = "GET") -> dict[str, object]:
         request = urllib.request.Request(
             self.url + "/admin/cache",

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench import paired, wrk
+from bench import clients, paired, wrk
 from bench.burst import percentile
 from bench.nginx import render
 from bench.wan import Link, WanRelay
@@ -71,15 +71,25 @@ def test_nginx_config_caches_by_accept_with_single_flight() -> None:
         "keepalive 64;",
         "add_header X-Cache-Status $upstream_cache_status always;",
         "proxy_cache_path /tmp/prefix/cache",
+        # The proxy's coding policy: gzip asked for JSON/XML, decoded for clients
+        # that do not accept it, never the client's own Accept-Encoding.
+        "~*(json|xml) gzip;",
+        "proxy_set_header Accept-Encoding $origin_coding;",
+        "gunzip on;",
     ):
         assert line in config
+    assert config.count("proxy_set_header Accept-Encoding $origin_coding;") == 2
     assert config.count("{") == config.count("}")
 
 
-def test_wrk_script_quotes_accept_and_result_parses() -> None:
-    script = wrk.script(["/a", "/b"], 'multipart/related; type="application/dicom"')
+def test_wrk_script_sends_a_real_clients_headers_and_result_parses() -> None:
+    script = wrk.script(["/a", "/b"], clients.DICOMWEB_CLIENT_INSTANCE)
     assert 'local paths = {"/a", "/b"}' in script
-    assert r'"multipart/related; type=\"application/dicom\""' in script
+    assert (
+        r'["Accept"] = "multipart/related; type=\"application/dicom\"; transfer-syntax=*"' in script
+    )
+    assert '["Accept-Encoding"] = "gzip, deflate"' in script
+    assert 'wrk.format("GET", paths[i], headers)' in script
     result = wrk.parse(
         "Running 1s test\nWRKJSON "
         '{"requests": 200, "bytes": 1048576, "duration_us": 2000000, "p50_us": 1500, '
