@@ -13,6 +13,7 @@ import json
 import uuid
 
 from proxy import headers as hdrs
+from proxy.auth import credentials_from
 from proxy.errors import ProxyError
 from proxy.settings import Settings
 from proxy.stow.dead_letter import DeadLetter
@@ -59,7 +60,8 @@ def _line(record: dict[str, object]) -> str:
 
 
 async def _replay(config: Settings, ids: list[str]) -> int:
-    upstream = Upstream(config)
+    # The same upstream credentials as ``serve``: a guarded archive needs them too.
+    upstream = Upstream(config, credentials_from(config))
     failures = 0
     try:
         for entry_id in ids:

@@ -14,6 +14,7 @@ from requests import HTTPError
 from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
 from proxy.cli import main
+from tests.relay import Faults, Relay
 from tests.support import ProxyThread
 
 PASSWORD = "orthanc-pw-7f3e"
@@ -130,3 +131,40 @@ def test_passthrough_partitions_the_cache_per_credential(
     assert mallory.headers.get("X-Cache") == "MISS"
     anonymous = requests.get(url, timeout=30)
     assert anonymous.status_code == 401
+
+
+def test_dead_letter_replay_from_the_cli_signs_in_upstream(
+    guarded: Orthanc, start_proxy: Callable[..., ProxyThread], password_file: Path
+) -> None:
+    """``dicomweb-proxy dead-letter replay`` takes the same upstream options as serve
+    and uses them: a guarded archive gets the kept instances."""
+    relay = Relay(guarded.dicomweb, faults=Faults(fail_always=True)).start()
+    auth = {
+        "upstream_auth": "basic",
+        "upstream_username": "alice",
+        "upstream_password_file": str(password_file),
+    }
+    try:
+        proxy = start_proxy(relay.dicomweb, stow_retries=1, stow_retry_delay=0.001, **auth)
+        study = make_study(1, 2, rows=16, columns=16)
+        body = (
+            b"".join(
+                b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
+                for _, _, data in study.instances
+            )
+            + b"--b--\r\n"
+        )
+        headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}
+        assert (
+            requests.post(proxy.dicomweb + "/studies", data=body, headers=headers).status_code
+            == 409
+        )
+        relay.faults = Faults()  # the archive is back
+        args = ["dead-letter", "replay", "--all", "--upstream-url", relay.dicomweb]
+        args += ["--upstream-auth", "basic", "--upstream-username", "alice"]
+        args += ["--upstream-password-file", str(password_file)]
+        assert main([*args, "--data-dir", proxy.settings.data_dir]) == 0
+    finally:
+        relay.stop()
+    assert guarded.study_instance_count(study.uid) == 2
+    assert relay.received[-1].headers.get("Authorization", "").startswith("Basic ")
