@@ -29,6 +29,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from harness.processes import stop
+
 BINARY = shutil.which("nginx") or "/usr/sbin/nginx"
 
 CONFIG = """\
@@ -131,12 +133,7 @@ class Nginx:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop(self.process)
             self.process = None
         self._scratch.cleanup()
 

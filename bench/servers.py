@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.nginx import _children
 from harness.net import free_port
+from harness.processes import stop
 
 ADMIN_TOKEN = "bench-admin-token"
 
@@ -57,12 +58,7 @@ class Process:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, 30)
 
 
 class Proxy(Process):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.net import free_port
+from harness.processes import stop
 
 BINARY = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 SHIPPED_CONFIG = Path("/etc/orthanc")
@@ -134,12 +135,7 @@ class Orthanc:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop(self.process)
             self.process = None
 
     def request(

@@ -115,18 +115,6 @@ class DicomOrigin:
         return web.json_response(document, content_type="application/dicom+json")
 
 
-def multipart_stow(study: Study, boundary: str = "client-boundary") -> tuple[bytes, str]:
-    """A client's STOW-RS body (PS3.18 10.5) holding every instance of ``study``."""
-    body = (
-        b"".join(
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
-            for _, _, data in study.instances
-        )
-        + f"--{boundary}--\r\n".encode()
-    )
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
-
-
 @dataclass
 class Issuer:
     """Tokens handed out by an emulated identity service; a test may revoke them all."""

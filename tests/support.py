@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from harness.dicomgen import Study
 from harness.net import free_port
 from proxy.app import create_app
 from proxy.settings import Settings
@@ -100,3 +101,15 @@ def serve_process(
         "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", *extra,
     ]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL)
+
+
+def multipart_stow(study: Study, boundary: str = "client-boundary") -> tuple[bytes, str]:
+    """A client's STOW-RS body (PS3.18 10.5) holding every instance of ``study``."""
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+            for _, _, data in study.instances
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'

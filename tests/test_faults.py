@@ -28,7 +28,7 @@ from proxy.stow import dead_letter as dead_letter_module
 from proxy.stow.spool import SpooledPart
 from tests.relay import Faults as StowFaults
 from tests.relay import Relay as StowRelay
-from tests.support import make_settings
+from tests.support import make_settings, multipart_stow
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 METADATA = '[{"00080018": {"vr": "UI", "Value": ["1.2.3"]}}, {"00080018": {"vr": "UI"}}]'
@@ -334,14 +334,8 @@ async def test_full_dead_letter_disk_still_reports_every_failure(
         )
         client = await aiohttp_client(create_app(settings))
         study = make_study(1, 3, rows=16, columns=16)
-        body = (
-            b"".join(
-                b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
-                for _, _, data in study.instances
-            )
-            + b"--b--\r\n"
-        )
-        headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}
+        body, content_type = multipart_stow(study, "b")
+        headers = {"Content-Type": content_type}
         async with client.post("/dicom-web/studies", data=body, headers=headers) as response:
             assert response.status == 409
             document = await response.json(content_type=None)

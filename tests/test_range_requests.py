@@ -36,6 +36,20 @@ async def start(
     return relay, await aiohttp_client(create_app(settings))
 
 
+Proxied = tuple[Relay, TestClient[Any, Any]]
+
+
+@pytest.fixture
+async def proxied(
+    aiohttp_server: Callable[..., Any],
+    aiohttp_client: Callable[..., Any],
+    orthanc: Orthanc,
+    tmp_path: Path,
+) -> Proxied:
+    """The proxy in front of the stock Orthanc, through a relay that counts requests."""
+    return await start(aiohttp_server, aiohttp_client, orthanc, tmp_path)
+
+
 def instance_path(study: Study) -> str:
     series, sop, _ = study.instances[0]
     return f"/dicom-web/studies/{study.uid}/series/{series}/instances/{sop}"
@@ -59,13 +73,10 @@ async def whole(client: TestClient[Any, Any], path: str, accept: str) -> bytes:
 
 
 async def test_ranges_of_a_cached_instance_never_reach_the_upstream(
-    aiohttp_server: Callable[..., Any],
-    aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
+    proxied: Proxied,
     study: Study,
-    tmp_path: Path,
 ) -> None:
-    relay, client = await start(aiohttp_server, aiohttp_client, orthanc, tmp_path)
+    relay, client = proxied
     path = instance_path(study)
     body = await whole(client, path, INSTANCE_ACCEPT)
     size = len(body)
@@ -85,13 +96,10 @@ async def test_ranges_of_a_cached_instance_never_reach_the_upstream(
 
 
 async def test_several_ranges_come_as_multipart_byteranges(
-    aiohttp_server: Callable[..., Any],
-    aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
+    proxied: Proxied,
     study: Study,
-    tmp_path: Path,
 ) -> None:
-    relay, client = await start(aiohttp_server, aiohttp_client, orthanc, tmp_path)
+    relay, client = proxied
     path = instance_path(study)
     body = await whole(client, path, INSTANCE_ACCEPT)
     headers = {"Accept": INSTANCE_ACCEPT, "Range": "bytes=0-99, 5000-5099, -10"}
@@ -127,15 +135,12 @@ async def byteranges(raw: bytes, boundary: str) -> list[tuple[str, bytes]]:
 
 
 async def test_a_miss_with_range_fills_the_whole_entry_once(
-    aiohttp_server: Callable[..., Any],
-    aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
+    proxied: Proxied,
     study: Study,
-    tmp_path: Path,
 ) -> None:
     """A viewer streaming a frame asks for its first bytes first (cornerstone's
     progressive load): the whole frame is fetched once, the rest then comes from the cache."""
-    relay, client = await start(aiohttp_server, aiohttp_client, orthanc, tmp_path)
+    relay, client = proxied
     path = instance_path(study) + "/frames/1"
     first = await client.get(path, headers={"Accept": FRAME_ACCEPT, "Range": "bytes=0-1023"})
     assert (first.status, first.headers["X-Cache"]) == (206, "MISS")
@@ -158,15 +163,12 @@ async def test_a_miss_with_range_fills_the_whole_entry_once(
     ],
 )  # fmt: skip
 async def test_if_range(
-    aiohttp_server: Callable[..., Any],
-    aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
+    proxied: Proxied,
     study: Study,
-    tmp_path: Path,
     extra: dict[str, str],
     status: int,
 ) -> None:
-    relay, client = await start(aiohttp_server, aiohttp_client, orthanc, tmp_path)
+    relay, client = proxied
     path = instance_path(study)
     body = await whole(client, path, INSTANCE_ACCEPT)
     etag = (await client.get(path, headers={"Accept": INSTANCE_ACCEPT})).headers["ETag"]
@@ -183,13 +185,10 @@ async def test_if_range(
 
 
 async def test_an_unsatisfiable_range_is_416_with_the_size(
-    aiohttp_server: Callable[..., Any],
-    aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
+    proxied: Proxied,
     study: Study,
-    tmp_path: Path,
 ) -> None:
-    relay, client = await start(aiohttp_server, aiohttp_client, orthanc, tmp_path)
+    relay, client = proxied
     path = instance_path(study)
     size = len(await whole(client, path, INSTANCE_ACCEPT))
     response = await client.get(
@@ -205,15 +204,12 @@ async def test_an_unsatisfiable_range_is_416_with_the_size(
 
 
 async def test_ranges_of_rewritten_bodies_are_cut_from_the_identity_variant(
-    aiohttp_server: Callable[..., Any],
-    aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
+    proxied: Proxied,
     study: Study,
-    tmp_path: Path,
 ) -> None:
     """Metadata is rewritten per public base: a range is of the bytes sent, not stored.
     A gzip variant ignores Range and goes whole (RFC 9110 section 14.2)."""
-    relay, client = await start(aiohttp_server, aiohttp_client, orthanc, tmp_path)
+    relay, client = proxied
     path = f"/dicom-web/studies/{study.uid}/metadata"
     plain = {"Accept": "application/dicom+json", "Accept-Encoding": "identity"}
     body = await whole(client, path, "application/dicom+json")
@@ -230,16 +226,11 @@ async def test_ranges_of_rewritten_bodies_are_cut_from_the_identity_variant(
     assert relay.total(path) == 1
 
 
-async def test_ranges_of_a_512_kib_instance(
-    aiohttp_server: Callable[..., Any],
-    aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
-    tmp_path: Path,
-) -> None:
+async def test_ranges_of_a_512_kib_instance(proxied: Proxied, orthanc: Orthanc) -> None:
     """sendfile from an offset, and several ranges each larger than one read."""
     big = make_study(1, 1, rows=512, columns=512)
     orthanc.upload(big.instances[0][2])
-    relay, client = await start(aiohttp_server, aiohttp_client, orthanc, tmp_path)
+    relay, client = proxied
     path = instance_path(big)
     body = await whole(client, path, INSTANCE_ACCEPT)
     single = await client.get(path, headers={"Accept": INSTANCE_ACCEPT, "Range": "bytes=100000-"})

@@ -29,9 +29,8 @@ from tests.cloudservers import (
     AwsKey,
     DicomOrigin,
     SigV4Checker,
-    multipart_stow,
 )
-from tests.support import ProxyThread
+from tests.support import ProxyThread, multipart_stow
 
 Serve = Callable[[web.Application], Awaitable[str]]
 REGION = "eu-west-1"

@@ -24,10 +24,9 @@ from tests.cloudservers import (
     GoogleMetadataServer,
     GoogleTokenEndpoint,
     Issuer,
-    multipart_stow,
     service_account_key,
 )
-from tests.support import ProxyThread
+from tests.support import ProxyThread, multipart_stow
 
 SCOPE = "https://www.googleapis.com/auth/cloud-healthcare"
 STORE = "/v1/projects/p/locations/us/datasets/d/dicomStores/s/dicomWeb"

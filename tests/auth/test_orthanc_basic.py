@@ -15,7 +15,7 @@ from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
 from proxy.cli import main
 from tests.relay import Faults, Relay
-from tests.support import ProxyThread
+from tests.support import ProxyThread, multipart_stow
 
 PASSWORD = "orthanc-pw-7f3e"
 
@@ -147,14 +147,8 @@ def test_dead_letter_replay_from_the_cli_signs_in_upstream(
     try:
         proxy = start_proxy(relay.dicomweb, stow_retries=1, stow_retry_delay=0.001, **auth)
         study = make_study(1, 2, rows=16, columns=16)
-        body = (
-            b"".join(
-                b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
-                for _, _, data in study.instances
-            )
-            + b"--b--\r\n"
-        )
-        headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}
+        body, content_type = multipart_stow(study, "b")
+        headers = {"Content-Type": content_type}
         assert (
             requests.post(proxy.dicomweb + "/studies", data=body, headers=headers).status_code
             == 409

@@ -14,7 +14,7 @@ from aiohttp import web
 from harness.dicomgen import make_study
 from proxy.settings import Settings
 from tests.authservers import BearerUpstream, TokenEndpoint
-from tests.support import ProxyThread
+from tests.support import ProxyThread, multipart_stow
 
 CLIENT_HEADERS = {
     "Authorization": "Basic Y2xpZW50OmNsaWVudC1wdw==",
@@ -166,15 +166,7 @@ async def test_a_stow_batch_is_sent_again_after_a_401_renews_the_token(
     assert await get_many(proxy.dicomweb + "/studies", 1) == [200]
     idp.revoke_all()
     study = make_study(1, 2, rows=16, columns=16)
-    boundary = "renewal-boundary"
-    body = (
-        b"".join(
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
-            for _, _, data in study.instances
-        )
-        + f"--{boundary}--\r\n".encode()
-    )
-    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    body, content_type = multipart_stow(study, "renewal-boundary")
     async with (
         aiohttp.ClientSession() as session,
         session.post(
