@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from harness.dicomgen import Study, make_instance, make_study
 from harness.net import free_port, wait_port
 from harness.orthanc import Orthanc
 from proxy.app import create_app
+from proxy.cache.store import Store
 from tests.support import make_settings, serve_process
 from tests.upstreams import RawUpstream, Relay
 
@@ -550,3 +552,43 @@ async def test_hit_heads_are_kept_but_each_request_gets_its_own_id_and_coding(
     [etag] = etags
     again = await client.get(instance, headers={"If-None-Match": etag, "X-Request-ID": "n1"})
     assert (again.status, again.headers["X-Request-ID"], again.headers["ETag"]) == (304, "n1", etag)
+
+
+@pytest.mark.parametrize("scope", ["all", "study"])
+async def test_a_purge_runs_off_the_event_loop_and_hides_its_entries_at_once(
+    relay: tuple[Relay, TestServer],
+    proxy_to: Start,
+    study: Study,
+    monkeypatch: pytest.MonkeyPatch,
+    scope: str,
+) -> None:
+    """Deleting a large cache takes seconds: meanwhile the proxy keeps answering, and no
+    entry the purge removes is served (SPEC section 3, Purge)."""
+    counting, server = relay
+    client = await proxy_to(dicomweb(server), admin_token="s3cret-admin")
+    path = instance_path(study)
+    await (await client.get(path)).read()
+    await settle(client)
+    assert (await client.get(path)).headers["X-Cache"] == "HIT"
+    release, threads = threading.Event(), []
+    real = Store.delete
+
+    def slow_delete(self: Store, tags: list[str] | None = None) -> int:
+        threads.append(threading.current_thread())
+        release.wait(30)
+        return real(self, tags)
+
+    monkeypatch.setattr(Store, "delete", slow_delete)
+    auth = {"Authorization": "Bearer s3cret-admin"}
+    target = "/admin/cache" if scope == "all" else f"/admin/cache/studies/{study.uid}"
+    purge = asyncio.ensure_future(client.delete(target, headers=auth))
+    while not threads:  # the purge is now inside its thread, blocked
+        await asyncio.sleep(0.01)
+    assert threads[0] is not threading.main_thread()
+    assert (await client.get("/healthz")).status == 200  # the loop is free
+    during = await client.get(path)
+    assert during.headers["X-Cache"] == "MISS"  # not served from the entry being purged
+    await during.read()
+    release.set()
+    assert (await (await purge).json())["removed"] >= 1
+    assert counting.total(path) == 2

@@ -35,7 +35,7 @@ async def cache_stats(request: web.Request) -> web.StreamResponse:
 
 
 async def purge_all(request: web.Request) -> web.StreamResponse:
-    removed = _cache(request).store.purge()
+    removed = await _cache(request).purge_all()
     return web.json_response({"removed": removed})
 
 
@@ -44,4 +44,4 @@ async def purge_study(request: web.Request) -> web.StreamResponse:
     uid = request.match_info["uid"]
     if not is_valid_uid(uid):
         raise BadRequest("malformed study UID")
-    return web.json_response({"removed": cache.purge_study(uid)})
+    return web.json_response({"removed": await cache.purge_study(uid)})

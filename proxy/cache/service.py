@@ -91,6 +91,9 @@ class Cache:
             else None
         )
         self._counts: dict[str, asyncio.Task[int]] = {}
+        # Purges run off the event loop; meanwhile what they remove is not served.
+        self._purging: set[str] = set()  # studies being purged
+        self._purged_before = 0.0  # entries stored before a full purge began
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -120,7 +123,7 @@ class Cache:
         directives = _cache_control(request)
         if "no-store" in directives:
             return await self._bypass(request, exchange)
-        hit = None if "no-cache" in directives else self.store.get(policy.key)
+        hit = None if "no-cache" in directives else self._lookup(policy.key, policy.study)
         if hit is not None:
             verdict = await self._freshness(policy, hit)
             if verdict != "expired":
@@ -147,7 +150,7 @@ class Cache:
         cache did not keep (an error, a body not storable, an expired entry the fill
         could not replace) is asked for as it was."""
         await self.warm(exchange, policy, refill=True)
-        stored = self.store.get(policy.key)
+        stored = self._lookup(policy.key, policy.study)
         if stored is None or (expired is not None and stored.path == expired.path):
             return await self._bypass(request, exchange)
         served = await self.serve_hit(request, exchange, stored, result)
@@ -365,7 +368,7 @@ class Cache:
     async def warm(self, exchange: Exchange, policy: Policy, *, refill: bool = False) -> None:
         """Fill an entry with no client waiting (read-ahead, ranges); joins a fill under
         way.  Unless ``refill``, an entry already stored is left as it is."""
-        if not refill and self.store.get(policy.key) is not None:
+        if not refill and self._lookup(policy.key, policy.study) is not None:
             return
         claimed = await self._claim(policy.key)
         if isinstance(claimed, Hit):  # another worker filled it meanwhile: it is fresh
@@ -550,8 +553,30 @@ class Cache:
         """A STOW stored into these studies: drop their study/series entries and finality."""
         self.store.purge([f"s:{uid}" for uid in studies])
 
-    def purge_study(self, study: str) -> int:
-        return self.store.purge([f"s:{study}", f"i:{study}"])
+    def _lookup(self, key: str, study: str | None) -> Hit | None:
+        """The stored entry, unless a purge under way removes it."""
+        if study is not None and study in self._purging:
+            return None
+        hit = self.store.get(key)
+        if hit is not None and hit.meta.stored_at < self._purged_before:
+            return None
+        return hit
+
+    async def purge_all(self) -> int:
+        """Every entry.  Deleting thousands of files takes seconds, so it runs in a
+        thread; from the moment it is asked, nothing stored before it is served."""
+        self._purged_before = time.time()
+        self.store.forget_all()
+        return await asyncio.to_thread(self.store.delete)
+
+    async def purge_study(self, study: str) -> int:
+        """One study's entries, off the event loop; not served meanwhile."""
+        self._purging.add(study)
+        self.store.forget_all()
+        try:
+            return await asyncio.to_thread(self.store.delete, [f"s:{study}", f"i:{study}"])
+        finally:
+            self._purging.discard(study)
 
     def stats(self) -> dict[str, int]:
         """Entries, bytes and this process's hits/misses (the status page and /metrics)."""

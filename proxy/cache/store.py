@@ -172,8 +172,19 @@ class Store:
         return True
 
     def purge(self, tags: list[str] | None = None) -> int:
+        """Every entry, or those of ``tags``; the number removed."""
+        self.forget_all()
+        return self.delete(tags)
+
+    def forget_all(self) -> None:
+        """Drop what is remembered in memory (event-loop side only: not thread-safe)."""
         self._hot.clear()
         self._states.clear()
+
+    def delete(self, tags: list[str] | None = None) -> int:
+        """Remove entries and their files from the index; safe in another thread (the
+        index is diskcache's, one SQLite connection per thread) and slow on a large
+        cache: the cache runs it off the event loop."""
         if tags is None:
             return int(self.index.clear(retry=True))
         return sum(int(self.index.evict(tag, retry=True)) for tag in tags)
