@@ -1,4 +1,10 @@
-"""Synthetic CT data for the benchmark, made with ``tests.dicomgen`` (nothing downloaded).
+"""Synthetic CT data for the benchmark, made with ``harness.dicomgen`` (nothing downloaded).
+
+Study slices carry CT-like noise (``noise=True``: gzip ≈ 2.3:1 as real uncompressed CT),
+not the generator's cheap gradient, which gzips a hundredfold and would flatter whatever
+path compresses pixel data (Orthanc direct, for a client that accepts gzip).  The STOW
+body keeps the gradient: its pixels never cross a compressing path, and noise would
+add a minute and a half of generation to the 1 GiB body.
 
 - the *hit study*: a series of 512×512×16-bit CT slices (≈512 KiB), a series of
   128×256 slices (≈64 KiB) and one 16-frame 512×512 instance (≈8 MiB), sized so that
@@ -58,7 +64,9 @@ def _add_series(
     for number in range(1, count + 1):
         sop = generate_uid()
         upload(
-            make_instance(study.uid, series.uid, number, rows=rows, columns=columns, sop_uid=sop)
+            make_instance(
+                study.uid, series.uid, number, rows=rows, columns=columns, sop_uid=sop, noise=True
+            )
         )
         series.instances.append(sop)
     study.series[name] = series
@@ -66,7 +74,7 @@ def _add_series(
 
 def multiframe(study_uid: str, series_uid: str, sop_uid: str, frames: int = 16) -> bytes:
     """A ``frames``-frame 512×512×16-bit instance (8 MiB of pixels for 16 frames)."""
-    single = make_instance(study_uid, series_uid, 1, sop_uid=sop_uid)
+    single = make_instance(study_uid, series_uid, 1, sop_uid=sop_uid, noise=True)
     dataset = dcmread(io.BytesIO(single))
     dataset.NumberOfFrames = frames
     dataset.PixelData = bytes(dataset.PixelData) * frames
