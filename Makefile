@@ -6,14 +6,15 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 # Debian packages the tests and the demo use (npm fetches the OHIF viewer's prebuilt
-# package; chromium runs the viewer tests headless).  npm counts as present when the
-# command exists (a NodeSource nodejs ships its own).
-OS_PACKAGES := orthanc orthanc-dicomweb python3-venv chromium
-# Only `make bench` needs these: the nginx proxy_cache baseline and the load generator.
-BENCH_PACKAGES := nginx wrk
+# package; chromium runs the viewer tests headless; haproxy is the scale-out balancer of
+# the fleet test, and nginx -t checks the reference nginx balancer config).  npm counts
+# as present when the command exists (a NodeSource nodejs ships its own).
+OS_PACKAGES := orthanc orthanc-dicomweb python3-venv chromium haproxy nginx
+# Only `make bench` needs this one more: the load generator.
+BENCH_PACKAGES := wrk
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: test lint demo os-packages bench-packages bench venv clean chaos
+.PHONY: test lint demo os-packages bench-packages bench venv clean chaos fleet
 
 venv: $(STAMP)
 
@@ -42,6 +43,13 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # The side-by-side benchmark of SPEC section 8 (about 10 minutes; BENCH_ARGS=--quick: 2).
 bench: bench-packages $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Scale-out measured (issue #17, docs/scale-out.md): HAProxy on deploy/balancers/haproxy.cfg,
+# 3 replicas and Orthanc on loopback, three runs with study hashing and with round robin,
+# then the simulation; writes bench/results/fleet.md and docs/scale-out.png (about 4 min;
+# FLEET_ARGS=--quick: 1).  `make test` runs the short form (tests/test_fleet.py).
+fleet: os-packages $(BENCH_STAMP)
+	$(BIN)/python -m bench.fleet $(FLEET_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxy harness tests bench demo

@@ -306,7 +306,14 @@ BAD_VALUES = [
     ({"cache": {"sizePercent": 120}}, "120"),
     ({"cache": {"persistence": {"enabled": "yes"}}}, "yes"),
     ({"image": {"pullPolicy": "Sometimes"}}, "Sometimes"),
-    ({"ingress": {"routing": "random"}}, "random"),
+    # The ingress-nginx study routing is gone (scaleOut replaces it): the key is refused.
+    ({"ingress": {"routing": "study"}}, "routing"),
+    ({"scaleOut": {"enabled": "yes"}}, "yes"),
+    ({"scaleOut": {"balancer": {"weight": 0}}}, "0"),
+    ({"scaleOut": {"balancer": {"weight": 1000}}}, "1000"),
+    ({"scaleOut": {"balancer": {"port": 8404}}}, "8404"),
+    ({"scaleOut": {"balancer": {"healthCheck": {"interval": "1.5s"}}}}, "1.5s"),
+    ({"scaleOut": {"balancer": {"image": {"tag": ""}}}}, "tag"),
     ({"podDisruptionBudget": {"maxUnavailable": "one"}}, "one"),
     ({"probes": {"readiness": {"path": "/metrics"}}}, "/metrics"),
     ({"autoscaling": {"maxReplicas": "6"}}, "6"),
@@ -482,7 +489,7 @@ def referenced_value_paths() -> set[str]:
 
 def test_every_values_path_a_template_reads_exists(values: dict[str, Any]) -> None:
     paths = referenced_value_paths()
-    assert {"upstream.url", "cache.persistence.enabled", "ingress.routing"} <= paths
+    assert {"upstream.url", "cache.persistence.enabled", "scaleOut.balancer.weight"} <= paths
     missing = [path for path in sorted(paths) if not _exists(values, path)]
     assert not missing, f"templates read values that values.yaml does not define: {missing}"
 
@@ -539,6 +546,120 @@ def test_sidecar_template_binds_localhost() -> None:
     assert '"localhost" true' in defines["dicomweb-proxy.sidecar"]
     assert 'ternary "127.0.0.1" "0.0.0.0" .localhost' in defines["dicomweb-proxy.container"]
     assert "dicomweb-proxy.sidecarVolumes" in defines
+
+
+# -- scale-out: StatefulSet, headless Service, HAProxy balancer (SPEC section 7) -------------
+
+REFERENCE_HAPROXY = ROOT / "deploy" / "balancers" / "haproxy.cfg"
+
+
+def _stubbed_documents(name: str) -> list[dict[str, Any]]:
+    stubbed = stub_template((TEMPLATES / name).read_text())
+    return [doc for doc in yaml.safe_load_all(stubbed) if doc is not None]
+
+
+def test_scale_out_runs_the_replicas_as_a_statefulset_under_a_headless_service() -> None:
+    (statefulset,) = _stubbed_documents("statefulset.yaml")
+    assert statefulset["kind"] == "StatefulSet"
+    spec = statefulset["spec"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    template = (TEMPLATES / "statefulset.yaml").read_text()
+    assert 'serviceName: {{ include "dicomweb-proxy.headlessName" . }}' in template
+    # One claim per pod, named like the emptyDir volume the container mounts.
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "dicomweb-proxy-cache"
+    assert '"claimTemplate" .Values.cache.persistence.enabled' in template
+    # Every replica rewrites URLs to the balancer's public URL.
+    assert '"publicUrl" (include "dicomweb-proxy.balancerUrl" .)' in template
+    assert "DICOMWEB_PROXY_PUBLIC_URL" in helper_defines()["dicomweb-proxy.container"]
+    assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "proxy"
+    headless = [d for d in _stubbed_documents("service.yaml") if d["spec"].get("clusterIP")]
+    assert headless and headless[0]["spec"]["clusterIP"] == "None"
+    assert headless[0]["spec"]["publishNotReadyAddresses"] is True
+    assert headless[0]["spec"]["selector"]["app.kubernetes.io/component"] == "proxy"
+
+
+def test_scale_out_puts_haproxy_in_front_with_its_config_from_a_configmap() -> None:
+    deployment, budget = _stubbed_documents("balancer.yaml")
+    assert deployment["kind"] == "Deployment" and budget["kind"] == "PodDisruptionBudget"
+    pod = deployment["spec"]["template"]
+    assert "checksum/config" in pod["metadata"]["annotations"]
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]
+    assert container["volumeMounts"][0]["mountPath"] == "/usr/local/etc/haproxy"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "stats"}
+    (config,) = _stubbed_documents("balancer-configmap.yaml")
+    assert set(config["data"]) == {"haproxy.cfg"}
+    assert '"dicomweb-proxy.haproxyConfig"' in (TEMPLATES / "balancer-configmap.yaml").read_text()
+    # The Service clients and the Ingress reach selects the balancer in scale-out mode.
+    service = (TEMPLATES / "service.yaml").read_text()
+    assert "app.kubernetes.io/component: balancer" in service
+    # No Deployment of proxies and no shared claim beside the StatefulSet.
+    assert "(not .Values.scaleOut.enabled)" in (TEMPLATES / "deployment.yaml").read_text()
+    assert "(not .Values.scaleOut.enabled)" in (TEMPLATES / "pvc.yaml").read_text()
+    assert 'ternary "StatefulSet" "Deployment"' in (TEMPLATES / "hpa.yaml").read_text()
+
+
+def test_the_ingress_nginx_study_routing_is_gone() -> None:
+    for template in [*TEMPLATES.iterdir(), CHART / "values.yaml", *EXAMPLES]:
+        text = template.read_text()
+        assert "upstream-hash-by" not in text, template.name
+        assert "ingress.routing" not in text and "$ingress.routing" not in text, template.name
+
+
+def _sections(lines: list[str]) -> dict[str, list[list[str]]]:
+    """HAProxy config lines by section ("backend by-study"), comments dropped, each line
+    as tokens with environment expansions and template actions as the wildcard "*"."""
+    sections: dict[str, list[list[str]]] = {}
+    current = ""
+    for raw in lines:
+        line = raw.rstrip()
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        tokens = ["*" if "${" in tok or "STUB" in tok else tok for tok in line.split()]
+        if not line.startswith((" ", "\t")):
+            current = " ".join(tokens)
+            sections[current] = []
+        else:
+            sections[current].append(tokens)
+    return sections
+
+
+def _matches(reference: list[str], rendered: list[str]) -> bool:
+    """``reference`` is ``rendered`` or a prefix of it, a wildcard on either side matching."""
+    if len(rendered) < len(reference):
+        return False
+    return all(a == b or "*" in (a, b) for a, b in zip(reference, rendered, strict=False))
+
+
+def test_chart_haproxy_config_keeps_every_directive_of_the_reference_file() -> None:
+    """The chart renders its own haproxy.cfg (servers by pod name, resolved at run time);
+    everything else must be what the fleet test measured in deploy/balancers/haproxy.cfg."""
+    reference = _sections(REFERENCE_HAPROXY.read_text().splitlines())
+    define = COMMENT.sub("", helper_defines()["dicomweb-proxy.haproxyConfig"])
+    lines = [line for line in define.splitlines() if not _only_action(line)]
+    rendered = _sections(ACTION.sub("STUB", "\n".join(lines)).splitlines())
+    for section, directives in reference.items():
+        assert section in rendered, f"{section} missing from the chart's haproxy.cfg"
+        for tokens in directives:
+            if tokens[0] == "server":
+                continue  # one per StatefulSet pod, below
+            assert any(_matches(tokens, other) for other in rendered[section]), (
+                f"{section}: {' '.join(tokens)!r} is not in the chart's haproxy.cfg"
+            )
+    by_study = [line for line in rendered["backend by-study"] if line[0] == "server"]
+    assert by_study and all(line[-2] == "id" for line in by_study)
+    tracking = [line for line in rendered["backend any-replica"] if line[0] == "server"]
+    assert tracking and all(line[-2] == "track" for line in tracking)
+    assert ["balance", "uri", "depth", "*", "path-only"] in rendered["backend by-study"]
+    assert ["hash-type", "consistent"] in rendered["backend by-study"]
+
+
+def test_hash_depth_follows_the_base_path() -> None:
+    """``balance uri depth`` = segments of --base-path + 2 (docs/scale-out.md)."""
+    define = helper_defines()["dicomweb-proxy.haproxyConfig"]
+    assert '$depth := add 2 (len (compact (splitList "/" .Values.proxy.basePath)))' in define
+    assert "balance uri depth {{ $depth }} path-only" in define
 
 
 # -- environment variable names --------------------------------------------------------------

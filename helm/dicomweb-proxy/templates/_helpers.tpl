@@ -200,7 +200,8 @@ failureThreshold: {{ .probe.failureThreshold }}
 
 {{/*
 The proxy container.  Arguments: dict release values appVersion (the image tag unless
-image.tag is set) localhost (true: bind 127.0.0.1, the sidecar; false: 0.0.0.0 behind a Service).
+image.tag is set) localhost (true: bind 127.0.0.1, the sidecar; false: 0.0.0.0 behind a Service)
+and optionally publicUrl (scale-out: every replica rewrites URLs to the balancer's).
 */}}
 {{- define "dicomweb-proxy.container" -}}
 {{- $values := .values }}
@@ -220,6 +221,10 @@ envFrom:
 env:
   - name: DICOMWEB_PROXY_LISTEN
     value: {{ printf "%s:%d" $host (int $values.proxy.port) | quote }}
+  {{- with .publicUrl }}
+  - name: DICOMWEB_PROXY_PUBLIC_URL
+    value: {{ . | quote }}
+  {{- end }}
   - name: DICOMWEB_PROXY_WORKERS
   {{- if gt (int $values.proxy.workers) 0 }}
     value: {{ $values.proxy.workers | quote }}
@@ -262,11 +267,14 @@ volumeMounts:
 The pod volumes the container mounts.  Secrets are mounted as a directory, never with
 subPath, so a rotated token file is seen by --upstream-token-file.  Arguments: dict release
 values fileMode (of the secret files: 0440 with the chart's fsGroup; 0444 for a sidecar,
-where the parent's pod may set no fsGroup and only this container mounts the volume).
+where the parent's pod may set no fsGroup and only this container mounts the volume), and
+optionally claimTemplate (true: the cache volume comes from the StatefulSet's
+volumeClaimTemplates, so the pod lists none).
 */}}
 {{- define "dicomweb-proxy.volumes" -}}
 {{- $values := .values }}
 {{- $fullname := include "dicomweb-proxy.fullnameFor" . }}
+{{- if not .claimTemplate }}
 - name: dicomweb-proxy-cache
 {{- if $values.cache.persistence.enabled }}
   persistentVolumeClaim:
@@ -277,6 +285,7 @@ where the parent's pod may set no fsGroup and only this container mounts the vol
     {{- if $values.cache.medium }}
     medium: {{ $values.cache.medium }}
     {{- end }}
+{{- end }}
 {{- end }}
 - name: dicomweb-proxy-tmp
   emptyDir:
@@ -321,4 +330,95 @@ The image tag defaults to this chart's appVersion, read through .Subcharts (Helm
 
 {{- define "dicomweb-proxy.sidecarVolumes" -}}
 {{- include "dicomweb-proxy.volumes" (dict "release" .Release.Name "values" (index .Values "dicomweb-proxy") "fileMode" "0444") | trim }}
+{{- end }}
+
+{{/*
+Scale-out: the replicas' headless Service name, and the URL clients reach the balancer
+at (proxy.publicUrl, else the balancer's Service inside the cluster), which every replica
+rewrites URLs to (SPEC section 7).
+*/}}
+{{- define "dicomweb-proxy.headlessName" -}}
+{{- printf "%s-headless" (include "dicomweb-proxy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "dicomweb-proxy.balancerUrl" -}}
+{{- if .Values.proxy.publicUrl }}
+{{- .Values.proxy.publicUrl }}
+{{- else }}
+{{- printf "http://%s.%s.svc.%s:%d%s" (include "dicomweb-proxy.fullname" .) .Release.Namespace .Values.scaleOut.balancer.clusterDomain (int .Values.service.port) .Values.proxy.basePath }}
+{{- end }}
+{{- end }}
+
+{{/*
+The balancer's haproxy.cfg: deploy/balancers/haproxy.cfg (the file the fleet test runs)
+with one server per StatefulSet pod, addressed by its stable DNS name and resolved at run
+time.  Server ids 1..N follow the pod ordinals, so pod <fullname>-2 always owns the same
+points on the ring, whatever its IP; tests/test_deployment.py checks that the directives
+match the reference file's.
+*/}}
+{{- define "dicomweb-proxy.haproxyConfig" -}}
+{{- $fullname := include "dicomweb-proxy.fullname" . }}
+{{- $balancer := .Values.scaleOut.balancer }}
+{{- $servers := ternary .Values.autoscaling.maxReplicas .Values.replicaCount .Values.autoscaling.enabled | int }}
+{{- $depth := add 2 (len (compact (splitList "/" .Values.proxy.basePath))) }}
+{{- $domain := printf "%s.%s.svc.%s" (include "dicomweb-proxy.headlessName" .) .Release.Namespace $balancer.clusterDomain -}}
+global
+    log stdout format raw local0 notice
+
+resolvers kubernetes
+    parse-resolv-conf
+    hold valid 10s
+    hold nx 5s
+    hold obsolete 5s
+
+defaults
+    mode http
+    log global
+    option httplog
+    option dontlognull
+    timeout connect 5s
+    timeout client 5m
+    timeout server 5m
+    timeout http-request 30s
+    timeout http-keep-alive 60s
+    timeout queue 30s
+    timeout check 5s
+    retries {{ $balancer.retries }}
+    option redispatch 1
+    retry-on conn-failure empty-response 503
+
+frontend dicomweb
+    bind :{{ $balancer.port }}
+    option forwardfor
+    http-request disable-l7-retry unless METH_GET
+    acl names_a_study path_beg {{ printf "%s/studies/" .Values.proxy.basePath }}
+    use_backend by-study if names_a_study
+    default_backend any-replica
+
+backend by-study
+    balance uri depth {{ $depth }} path-only
+    hash-type consistent
+    option httpchk
+    http-check send meth GET uri {{ .Values.probes.readiness.path }}
+    http-check expect status 200
+    http-response set-header X-Served-By %[srv_name]
+    default-server check inter {{ $balancer.healthCheck.interval }} fall {{ $balancer.healthCheck.fall }} rise {{ $balancer.healthCheck.rise }} weight {{ $balancer.weight }} resolvers kubernetes init-addr last,libc,none
+{{- range $i := until $servers }}
+    server proxy-{{ $i }} {{ printf "%s-%d.%s:%d" $fullname $i $domain (int $.Values.proxy.port) }} id {{ add1 $i }}
+{{- end }}
+
+backend any-replica
+    balance roundrobin
+    http-response set-header X-Served-By %[srv_name]
+    default-server resolvers kubernetes init-addr last,libc,none
+{{- range $i := until $servers }}
+    server proxy-{{ $i }} {{ printf "%s-%d.%s:%d" $fullname $i $domain (int $.Values.proxy.port) }} track by-study/proxy-{{ $i }}
+{{- end }}
+
+frontend stats
+    bind :8404
+    monitor-uri /healthz
+    stats enable
+    stats uri /stats
+    http-request use-service prometheus-exporter if { path /metrics }
 {{- end }}
