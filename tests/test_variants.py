@@ -55,7 +55,7 @@ async def test_gzip_hits_come_from_one_variant_made_at_fill(
         "gzip",
     )
     await settled(proxy)
-    assert cache.variants.made == 1  # the gzip variant for this public base, at fill
+    assert cache.hits.variants.made == 1  # the gzip variant for this public base, at fill
     bodies = set()
     for _ in range(5):
         status, headers, body = await get(url, CHROMIUM)
@@ -64,7 +64,7 @@ async def test_gzip_hits_come_from_one_variant_made_at_fill(
         assert headers["ETag"].startswith('W/"')
         assert int(headers["Content-Length"]) == len(body)
         bodies.add(body)
-    assert len(bodies) == 1 and cache.variants.made == 1  # never compressed per hit
+    assert len(bodies) == 1 and cache.hits.variants.made == 1  # never compressed per hit
     plain = gzip.decompress(bodies.pop())
     assert plain == gzip.decompress(miss_body)
     assert f"127.0.0.1:{orthanc.port}".encode() not in plain and b"localhost" not in plain
@@ -105,4 +105,4 @@ async def test_one_variant_per_public_base(
         assert f"http://{host}/dicom-web/studies/{study.uid}" in text
         other = {"viewer.example.org", "edge.example.org"} - {host}
         assert other.pop() not in text
-    assert proxy.app[CACHE].variants.made == 3  # type: ignore[index]
+    assert proxy.app[CACHE].hits.variants.made == 3  # type: ignore[index]

@@ -21,27 +21,22 @@ import time
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any, BinaryIO
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from proxy import forward, metrics
-from proxy.cache import partial
-from proxy.cache.fill import Fill, FillReader, file_chunks
-from proxy.cache.heads import Heads
+from proxy.cache.fill import Fill, FillReader
+from proxy.cache.hits import HitServer
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
 from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
-from proxy.cache.stored import JOIN_BELOW, StoredBody
-from proxy.cache.variants import MAX_SOURCE, Variants, weak
 from proxy.dicomweb.media import answers
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
 from proxy.errors import (
     ProxyError,
-    RangeNotSatisfiable,
     UpstreamError,
     UpstreamInvalid,
     UpstreamTimeout,
@@ -82,8 +77,7 @@ class Cache:
         self.upstream = upstream
         self.results: Counter[str] = Counter()
         self._fills: dict[str, Fill] = {}
-        self.variants = Variants()
-        self.heads = Heads()
+        self.hits = HitServer(store, self.results)
         self.locks = KeyLocks(store.directory / "locks") if settings.workers > 1 else None
         self.readahead = (
             ReadAhead(settings.prefetch, upstream, self.warm)
@@ -167,102 +161,8 @@ class Cache:
     async def serve_hit(
         self, request: web.Request, exchange: Exchange, hit: Hit, result: str
     ) -> web.StreamResponse | None:
-        """From the file: sendfile when nothing must change, else rewritten on the way.
-        None when the body is gone (evicted by another worker since it was looked up)."""
-        body = hit.open()
-        if body is None:
-            self.store.forget(hit.key)
-            return None
-        return await self._serve_body(request, exchange, hit, body, result)
-
-    async def _serve_body(
-        self, request: web.Request, exchange: Exchange, hit: Hit, body: BinaryIO, result: str
-    ) -> web.StreamResponse:
-        self.results[result] += 1
-        meta = hit.meta
-        head = self._head(request, exchange, hit, result)
-        if _not_modified(request, meta.etag):
-            body.close()
-            return web.Response(status=304, headers=_validators(head, exchange.request_id))
-        if head.changes_body:
-            return await self._serve_variant(request, exchange, hit, head, body)
-        try:
-            ranges = partial.wanted(request, meta.etag, meta.size)
-        except RangeNotSatisfiable:
-            body.close()
-            raise
-        if ranges:
-            headers = head.headers.copy()
-            headers["X-Request-ID"] = exchange.request_id
-            return await partial.send(request, hit, body, ranges, headers)
-        if meta.size < JOIN_BELOW:
-            with body:
-                return _from_memory(head, exchange.request_id, body.read())
-        response = StoredBody(body, meta.size, status=head.status, headers=head.headers)
-        response.headers["X-Request-ID"] = exchange.request_id
-        return response
-
-    async def _serve_variant(
-        self,
-        request: web.Request,
-        exchange: Exchange,
-        hit: Hit,
-        head: forward.Head,
-        body: BinaryIO,
-    ) -> web.StreamResponse:
-        """Rewritten and/or gzipped: the variant made once (:mod:`proxy.cache.variants`),
-        or, for a body too large to hold, rewritten and compressed as it streams."""
-        try:
-            data = await self.variants.body(hit, body, exchange.rewriter, head.compress)
-            if data is not None:
-                return self._variant_response(request, exchange, hit, head, data)
-            response = head.response(exchange.request_id)
-            await response.prepare(request)
-            if request.method != "HEAD":
-                await forward.relay(request, response, file_chunks(body), exchange.rewriter)
-        finally:
-            body.close()
-        await response.write_eof()
-        return response
-
-    def _variant_response(
-        self, request: web.Request, exchange: Exchange, hit: Hit, head: forward.Head, data: bytes
-    ) -> web.Response:
-        """The whole variant, or byte ranges of an identity one."""
-        ranges = None if head.compress else partial.wanted(request, hit.meta.etag, len(data))
-        if not ranges:
-            return _from_memory(head, exchange.request_id, data)
-        headers = head.headers.copy()
-        headers["X-Request-ID"] = exchange.request_id
-        return partial.from_memory(data, ranges, headers)
-
-    def _head(
-        self, request: web.Request, exchange: Exchange, hit: Hit, result: str
-    ) -> forward.Head:
-        """The hit's status and headers, built once per entry, base, result and coding."""
-        meta = hit.meta
-        content_type = meta.headers.get("Content-Type", "")
-        compress = forward.should_compress(request, content_type, meta.headers)
-        key = (str(hit.path), exchange.rewriter.public_base, result, compress)
-        head = self.heads.get(key)
-        if head is None:
-            headers = CIMultiDict(meta.headers)
-            etag = weak(meta.etag) if compress else meta.etag
-            headers.update({"ETag": etag, "Content-Length": str(meta.size)})
-            if result == "stale":
-                headers.add("Warning", '110 dicomweb-proxy "Response is Stale"')
-            head = forward.head_for(
-                request,
-                meta.status,
-                headers,
-                exchange.rewriter,
-                x_cache=result.upper(),
-                part_urls=meta.part_urls,
-            )
-            if takes_ranges(head, meta):
-                head.headers["Accept-Ranges"] = "bytes"
-            self.heads.put(key, head)
-        return head
+        """Answer from a stored entry (:mod:`proxy.cache.hits`); None when it is gone."""
+        return await self.hits.serve(request, exchange, hit, result)
 
     async def _freshness(self, policy: Policy, hit: Hit) -> str:
         """``hit``, ``revalidated``, ``stale`` or ``expired`` (SPEC section 3)."""
@@ -501,7 +401,7 @@ class Cache:
         handle = hit.open()
         if handle is not None:
             with handle:
-                await self.variants.body(hit, handle, rewriter, compress=True)
+                await self.hits.variants.body(hit, handle, rewriter, compress=True)
 
     # -- study instance counts ---------------------------------------------------------
 
@@ -595,22 +495,6 @@ class Cache:
         task.add_done_callback(self._tasks.discard)
 
 
-def takes_ranges(head: forward.Head, meta: Meta) -> bool:
-    """Sent as stored, or an identity variant held in memory (:mod:`proxy.cache.partial`)."""
-    return not head.changes_body or (not head.compress and meta.size <= MAX_SOURCE)
-
-
-def _from_memory(head: forward.Head, request_id: str, data: bytes) -> web.Response:
-    """A small stored body, or a variant (rewritten, gzipped already): one write sends
-    headers and body together."""
-    headers = head.headers.copy()
-    headers.popall("Content-Length", None)
-    headers["X-Request-ID"] = request_id
-    if head.compress:
-        headers["Content-Encoding"] = "gzip"
-    return web.Response(status=head.status, headers=headers, body=data)
-
-
 def asked_for(exchange: Exchange) -> str | None:
     """The media ranges asked for: the ``accept`` query parameter overrides the
     ``Accept`` header (PS3.18 section 8.3.3.1)."""
@@ -648,18 +532,3 @@ def _cache_control(request: web.Request) -> set[str]:
 
 def _parse_cache_control(value: str) -> set[str]:
     return {item.split("=", 1)[0].strip().lower() for item in value.split(",") if item.strip()}
-
-
-def _not_modified(request: web.Request, etag: str) -> bool:
-    """RFC 9110 section 13.1.2: weak comparison of If-None-Match."""
-    given = request.headers.get("If-None-Match")
-    if not given:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in given.split(",")}
-    return "*" in tags or etag in tags
-
-
-def _validators(head: forward.Head, request_id: str) -> dict[str, str]:
-    names = ("ETag", "Vary", "X-Cache", "Via", "Cache-Control")
-    found = {name: head.headers[name] for name in names if name in head.headers}
-    return {**found, "X-Request-ID": request_id}
