@@ -5,10 +5,14 @@
     request ── policy? ──no──────────────────────────────► forward (uncached)
                  │yes
                  ├─ no-store ───────────────────────────► forward, X-Cache: BYPASS
-                 ├─ stored and fresh ───────────────────► serve file, X-Cache: HIT
-                 ├─ stored, study count unchanged ──────► serve file, X-Cache: REVALIDATED
-                 ├─ stored, upstream failing ───────────► serve file, X-Cache: STALE
+                 ├─ stored and fresh ───────────────────► hits.serve, X-Cache: HIT
+                 ├─ stored, study count unchanged ──────► hits.serve, X-Cache: REVALIDATED
+                 ├─ stored, upstream failing ───────────► hits.serve, X-Cache: STALE
+                 ├─ Range ── fill the whole entry ──────► its range, X-Cache: MISS | BYPASS
                  └─ otherwise ── join or start a Fill ──► stream, X-Cache: MISS | BYPASS
+
+Hits are answered by :mod:`proxy.cache.hits`; a fill is checked against what the request
+asked for (:func:`proxy.dicomweb.media.answers`) before it is committed.
 """
 
 from __future__ import annotations
