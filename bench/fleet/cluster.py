@@ -41,15 +41,15 @@ def round_robin(config: str) -> str:
 
 
 class Relay(Process):
-    """``bench.fleet.relay`` in front of ``target``: what crossed to the archive."""
+    """``bench.counter`` in front of ``target``: what crossed to the archive."""
 
     def __init__(self, target: str) -> None:
         port = free_port()
-        super().__init__("bench.fleet.relay", [str(port), target], port)
+        super().__init__("bench.counter", [str(port), target], port)
 
     def counts(self, reset: bool = False) -> dict[str, list[int]]:
         request = urllib.request.Request(
-            self.url + "/_fleet/counts", method="DELETE" if reset else "GET"
+            self.url + "/_bench/tally", method="DELETE" if reset else "GET"
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             return dict(json.loads(response.read()))
