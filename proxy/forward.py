@@ -286,5 +286,5 @@ def should_compress(
 
 def compressible(content_type: str) -> bool:
     """JSON, XML and WADL answers; never multipart, images or DICOM bulk data."""
-    main = content_type.split(";", 1)[0].strip().lower()
-    return not main.startswith("multipart/") and any(w in main for w in ("json", "xml", "wadl"))
+    multipart = content_type.lstrip()[:10].lower().startswith("multipart/")
+    return not multipart and carries_urls(content_type)
