@@ -29,13 +29,13 @@ async def raw() -> AsyncIterator[RawUpstream]:
 def heads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Lengths of the heads sent with MSG_MORE (the real call is still made)."""
     sent: list[int] = []
-    real = stored._send_more
+    real = stored.send_more
 
     def spy(sock: Any, data: bytes) -> int:
         sent.append(len(data))
         return real(sock, data)
 
-    monkeypatch.setattr(stored, "_send_more", spy)
+    monkeypatch.setattr(stored, "send_more", spy)
     return sent
 
 
@@ -97,8 +97,8 @@ async def test_a_head_the_socket_took_in_part_is_finished_in_order(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = stored._send_more
-    monkeypatch.setattr(stored, "_send_more", lambda sock, data: real(sock, data[:7]))
+    real = stored.send_more
+    monkeypatch.setattr(stored, "send_more", lambda sock, data: real(sock, data[:7]))
     port = await warm_proxy(aiohttp_client, raw, tmp_path)
     [(status, headers, body), _] = responses(await exchange(port, ["GET"]), ["GET", "GET"])
     assert status == b"HTTP/1.1 200 OK" and headers["x-cache"] == "HIT"
@@ -126,4 +126,4 @@ class FakeTransport:
 )
 def test_direct_writes_only_on_an_idle_plain_socket(transport: FakeTransport, direct: bool) -> None:
     """Bytes written past the transport would overtake what it holds, or skip TLS."""
-    assert (stored._idle_socket(transport) is not None) is direct  # type: ignore[arg-type]
+    assert (stored.socket_if_idle(transport) is not None) is direct  # type: ignore[arg-type]

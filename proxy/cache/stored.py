@@ -79,7 +79,7 @@ class StoredBody(web.StreamResponse):
         try:
             self._send_head(transport)
             offset = self._offset
-            sent = _sendfile_now(transport, self._handle, offset, size)  # usually all of it
+            sent = sendfile_now(transport, self._handle, offset, size)  # usually all of it
             if sent < size:
                 await asyncio.get_running_loop().sendfile(
                     transport, self._handle, offset + sent, size - sent
@@ -96,14 +96,14 @@ class StoredBody(web.StreamResponse):
 
     def _send_head(self, transport: asyncio.Transport) -> None:
         """The head with MSG_MORE when the socket is idle and TCP, else as aiohttp would."""
-        sock = _idle_socket(transport)
+        sock = socket_if_idle(transport)
         head = _take_head(self._payload_writer) if sock and sock.family in _TCP else None
         if head is None:
             if self._payload_writer is not None:
                 self._payload_writer.send_headers()
             return
         try:
-            sent = _send_more(sock, head)
+            sent = send_more(sock, head)
         except BlockingIOError:
             sent = 0
         if sent < len(head):
@@ -127,7 +127,7 @@ def _take_head(writer: AbstractStreamWriter | None) -> bytes | None:
     return head
 
 
-def _send_more(transport_socket: Any, data: bytes) -> int:
+def send_more(transport_socket: Any, data: bytes) -> int:
     """send(2) with MSG_MORE on a connection's socket.  asyncio hands out a
     TransportSocket, which has no ``send``: a socket object around the same descriptor
     makes the call and is detached after, so the descriptor stays the transport's."""
@@ -140,7 +140,7 @@ def _send_more(transport_socket: Any, data: bytes) -> int:
         sock.detach()
 
 
-def _idle_socket(transport: asyncio.Transport) -> Any:
+def socket_if_idle(transport: asyncio.Transport) -> Any:
     """The connection's socket when bytes written to it go straight to the client: the
     transport holds nothing back (order) and encrypts nothing (TLS)."""
     if transport.get_write_buffer_size() or transport.get_extra_info("sslcontext"):
@@ -148,9 +148,9 @@ def _idle_socket(transport: asyncio.Transport) -> Any:
     return transport.get_extra_info("socket")
 
 
-def _sendfile_now(transport: asyncio.Transport, handle: BinaryIO, offset: int, size: int) -> int:
+def sendfile_now(transport: asyncio.Transport, handle: BinaryIO, offset: int, size: int) -> int:
     """Bytes sent at once with ``os.sendfile`` while the socket takes them."""
-    sock = _idle_socket(transport)
+    sock = socket_if_idle(transport)
     if sock is None:
         return 0
     sent = 0
