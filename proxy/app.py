@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from proxy import auth, forward, logs, metrics, status, viewer
+from proxy import auth, forward, logs, metrics, server, status, viewer
 from proxy import exchange as exchanges
 from proxy.admin import ADMIN_TOKEN, load_admin_token
 from proxy.cache import routes as cache_routes
+from proxy.cache.express import Lane
 from proxy.cache.routes import CACHE
 from proxy.cache.service import Cache
 from proxy.cache.store import Store
@@ -106,12 +107,23 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
     cache = Cache(settings, store, app[UPSTREAM], app.get(metrics.METRICS))
     app[CACHE] = cache
     app[STUDIES_CHANGED].append(cache.studies_changed)
+    if _express_allowed(app):
+        cache.express = app[server.EXPRESS] = Lane(cache.fresh_hit, cache.results)
     yield
     await cache.close()
 
 
+def _express_allowed(app: web.Application) -> bool:
+    """The express lane answers without the inbound check: only when there is none.
+    (With ``passthrough``, a request carrying credentials is never one it answers.)"""
+    return not app[SETTINGS].no_express and auth.INBOUND not in app
+
+
 async def _mark_stopping(app: web.Application) -> None:
     app[STOPPING].set()
+    lane = app.get(server.EXPRESS)
+    if lane is not None:
+        lane.close()
 
 
 # -- handlers -----------------------------------------------------------------------

@@ -30,6 +30,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from proxy import exchange as exchanges
 from proxy import metrics
+from proxy.cache.express import Answer
 from proxy.settings import Settings
 from proxy.upstream import UpstreamObserver
 
@@ -197,13 +198,45 @@ def safe_path(raw_path: str) -> str:
 
 
 def _account(request: web.Request, record: AccessRecord, seconds: float) -> None:
+    _record(request.app, record, seconds, dicomweb=request.get(exchanges.EXCHANGE) is not None)
+
+
+def account_express(
+    app: web.Application,
+    answer: Answer,
+    request_id: str,
+    remote: str | None,
+    seconds: float,
+    head_bytes: int,
+) -> None:
+    """An answer of the express lane (:mod:`proxy.server`): counted, kept and logged
+    as a hit answered through :func:`access_middleware` is."""
+    fixed = answer.record
+    if "path" not in fixed:  # once per answer: the path as every line of it shows it
+        fixed["path"] = safe_path(fixed["target"])
+    record = {
+        "time": time.time(),
+        "method": "GET",
+        "path": fixed["path"],
+        "status": 200,
+        "bytes": head_bytes + answer.size,
+        "duration_ms": round(seconds * 1000, 3),
+        "cache": "HIT",
+        "upstream_ms": None,
+        "request_id": request_id,
+        "transaction": fixed["transaction"],
+        "remote": remote,
+    }
+    _record(app, record, seconds, dicomweb=True)
+
+
+def _record(app: web.Application, record: AccessRecord, seconds: float, *, dicomweb: bool) -> None:
     """Metrics, the ring buffer for ``/admin/``, and the log line."""
-    app = request.app
     metrics.request_done(app, record["transaction"], record["method"], record["status"], seconds)
     cache = record["cache"]
     if cache:
         metrics.cache_result(app, str(cache).lower())
-    if request.get(exchanges.EXCHANGE) is not None:
+    if dicomweb:
         source = "cache" if str(cache).upper() in _FROM_CACHE else "upstream"
         metrics.served_bytes(app, source, record["bytes"])
     recent = app.get(RECENT)

@@ -232,6 +232,14 @@ class Settings:
     no_cache: bool = field(
         default=False, metadata=opt("forward everything, cache nothing", parse_bool, flag=True)
     )
+    no_express: bool = field(
+        default=False,
+        metadata=opt(
+            "answer repeated cache hits through aiohttp's full stack too (no express lane)",
+            parse_bool,
+            flag=True,
+        ),
+    )
     metadata_ttl: float = field(
         default=60.0, metadata=opt("freshness of non-final study/series entries", parse_duration)
     )

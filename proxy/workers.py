@@ -22,9 +22,7 @@ import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from aiohttp import web
-
-from proxy import malloc, metrics
+from proxy import malloc, metrics, server
 from proxy.app import create_app
 from proxy.cache.store import Store
 from proxy.settings import Settings
@@ -44,14 +42,12 @@ def remove_leftovers(settings: Settings) -> None:
 
 def serve_one(settings: Settings, *, reuse_port: bool = False) -> None:
     malloc.tune()
-    web.run_app(
+    server.run(
         create_app(settings),
-        host=settings.listen_host,
-        port=settings.listen_port,
+        settings.listen_host,
+        settings.listen_port,
         reuse_port=reuse_port,
-        shutdown_timeout=settings.shutdown_grace,
-        access_log=None,
-        print=None,
+        grace=settings.shutdown_grace,
     )
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from harness.dicomgen import Study
 from harness.net import free_port
+from proxy import server
 from proxy.app import create_app
 from proxy.settings import Settings
 
@@ -59,7 +60,7 @@ class ProxyThread:
         self.app = create_app(self.settings)
         if self._configure is not None:
             self._configure(self.app)
-        runner = web.AppRunner(self.app, access_log=None)
+        runner = server.Runner(self.app, access_log=None)  # the product's connections
         try:
             self.loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, "127.0.0.1", self.settings.listen_port)

@@ -1,4 +1,5 @@
-"""The aiohttp internals the hit path relies on (proxy/cache/stored.py), by name.
+"""The aiohttp internals the hit path relies on (proxy/cache/stored.py, proxy/server.py),
+by name.
 
 aiohttp's version is pinned to the minor releases tested (pyproject.toml); an upgrade
 that renames or changes one of these fails here, naming it, instead of turning hits
@@ -7,12 +8,14 @@ into 500s or garbled responses.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import web, web_protocol
 
+from proxy import server
 from proxy.cache import stored
 
 
@@ -58,3 +61,55 @@ def test_the_pinned_minor_versions() -> None:
     """Raise the pin in pyproject.toml only once this file passes on the new version."""
     major, minor = (int(part) for part in aiohttp.__version__.split(".")[:2])
     assert (3, 12) <= (major, minor) < (3, 15)
+
+
+# -- proxy/server.py: the express lane in front of aiohttp's protocol -----------------
+
+
+async def _ok(request: web.BaseRequest) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def test_the_protocol_attributes_the_lane_reads_and_sets() -> None:
+    """Connection reads ``RequestHandler._waiter`` / ``_messages`` (aiohttp is idle),
+    pushes ``_next_keepalive_close_time`` on by ``_keepalive_timeout`` from
+    ``_loop.time()``, and is made as ``web.Server.__call__`` makes a handler, from the
+    server's ``_loop`` and ``_kwargs``."""
+    slots = {
+        name
+        for cls in web_protocol.RequestHandler.__mro__
+        for name in getattr(cls, "__slots__", ())
+    }
+    for name in (
+        "_waiter",
+        "_messages",
+        "_keepalive_timeout",
+        "_next_keepalive_close_time",
+        "_loop",
+        "_force_close",
+    ):
+        assert name in slots, name
+    made = web.Server(_ok)
+    assert hasattr(made, "_loop") and isinstance(made._kwargs, dict)
+    params = inspect.signature(web_protocol.RequestHandler.shutdown).parameters
+    assert "timeout" in params
+
+
+async def test_sites_make_protocols_through_the_runners_server_property() -> None:
+    """Runner overrides ``BaseRunner.server``; TCPSite must call it for each connection
+    and the runner must shut its own ``_server`` down (not the property's)."""
+    app = web.Application()
+    app.router.add_get("/", _ok)
+    runner = server.Runner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}/"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            assert await response.text() == "ok"
+            connections = runner._server._connections  # type: ignore[union-attr]
+            assert [type(c) for c in connections] == [server.Connection]
+    finally:
+        await runner.cleanup()

@@ -31,6 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy import forward, metrics
+from proxy.cache import express
 from proxy.cache.fill import Fill, FillReader
 from proxy.cache.hits import HitServer
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
@@ -82,6 +83,7 @@ class Cache:
         self.results: Counter[str] = Counter()
         self._fills: dict[str, Fill] = {}
         self.hits = HitServer(store, self.results)
+        self.express: express.Lane | None = None  # set by the app when it can answer
         self.locks = KeyLocks(store.directory / "locks") if settings.workers > 1 else None
         self.readahead = (
             ReadAhead(settings.prefetch, upstream, self.warm)
@@ -127,6 +129,8 @@ class Cache:
             if verdict != "expired":
                 served = await self.serve_hit(request, exchange, hit, verdict)
                 if served is not None:
+                    if verdict == "hit" and self.express is not None:
+                        await express.offer(self.express, request, exchange, policy, hit, served)
                     return served
         if request.method == "HEAD":
             return await self._bypass(request, exchange)
@@ -170,20 +174,32 @@ class Cache:
 
     async def _freshness(self, policy: Policy, hit: Hit) -> str:
         """``hit``, ``revalidated``, ``stale`` or ``expired`` (SPEC section 3)."""
-        if policy.lifetime is Lifetime.IMMUTABLE:
+        if self._fresh_now(policy, hit):
             return "hit"
         if policy.lifetime is Lifetime.QIDO:
-            expires = hit.meta.stored_at + self.settings.qido_ttl
-            return "hit" if time.time() < expires else "expired"
+            return "expired"
         return await self._study_freshness(policy, hit)
+
+    def _fresh_now(self, policy: Policy, hit: Hit) -> bool:
+        """Servable without asking the upstream: immutable, within the QIDO TTL, or a
+        study whose instance count was checked recently or is final."""
+        if policy.lifetime is Lifetime.IMMUTABLE:
+            return True
+        if policy.lifetime is Lifetime.QIDO:
+            return time.time() < hit.meta.stored_at + self.settings.qido_ttl
+        state = self.store.study_state(self._state_key(policy))
+        return self._still_fresh(state, hit, time.time())
+
+    def fresh_hit(self, policy: Policy) -> Hit | None:
+        """The entry of ``policy`` when it may be answered now as a plain HIT (the
+        express lane asks before each answer, :mod:`proxy.cache.express`)."""
+        hit = self._lookup(policy.key, policy.study)
+        return hit if hit is not None and self._fresh_now(policy, hit) else None
 
     async def _study_freshness(self, policy: Policy, hit: Hit) -> str:
         assert policy.study is not None  # study-level policies always carry the UID
-        state_key = self._state_key(policy)
-        state = self.store.study_state(state_key)
+        state = self.store.study_state(self._state_key(policy))
         now = time.time()
-        if self._still_fresh(state, hit, now):
-            return "hit"
         try:
             count = await self.study_count(policy.study)
         except (UpstreamError, UpstreamTimeout):

@@ -1,0 +1,224 @@
+"""The listening side: aiohttp's server, with the express lane in front of its parser.
+
+:class:`Connection` is aiohttp's own protocol (``RequestHandler``) with one step added:
+a complete request the lane has learned (:mod:`proxy.cache.express`) is answered in
+``data_received``, before aiohttp parses it; everything else goes to aiohttp unchanged.
+The lane answers only while aiohttp is idle on the connection and at a message
+boundary, so the order of answers and the framing stay aiohttp's:
+
+1. aiohttp is waiting for a request (no request in progress or queued) and has sent
+   all it wrote;
+2. every byte aiohttp was given on this connection was one complete request without a
+   body.  The first time it is given anything else (a body, two requests at once, part
+   of one), the lane is off for the rest of the connection: only aiohttp's parser then
+   knows where the next request begins.
+
+An answer is sent with ``sendfile`` (or one write of bytes held in memory); what the
+socket does not take at once waits for ``loop.sendfile``, with reading paused, and
+aiohttp's graceful shutdown waits for it.  Each answer is counted, timed and logged as
+aiohttp-served requests are (:func:`proxy.logs.account`).
+
+This module and :mod:`proxy.cache.stored` are where aiohttp internals are used
+(``RequestHandler`` attributes, ``Server._kwargs``, ``BaseSite._server``); aiohttp's
+versions are pinned in ``pyproject.toml`` and ``tests/test_aiohttp_contract.py`` fails
+by name when one of them changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from aiohttp import web, web_protocol
+
+from proxy import logs
+from proxy.cache import express
+from proxy.cache.express import Answer, Lane
+from proxy.cache.stored import send_more, sendfile_now, socket_if_idle
+
+EXPRESS = web.AppKey("express", Lane)
+
+
+class Connection(web_protocol.RequestHandler):
+    """One client connection: aiohttp's protocol with the express lane in front."""
+
+    __slots__ = ("_app", "_held", "_lane", "_remote", "_sending")
+
+    def __init__(self, server: web.Server, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(server, **kwargs)
+        self._app = app
+        self._lane: Lane | None = app.get(EXPRESS)
+        self._remote: str | None = None
+        self._sending: asyncio.Task[None] | None = None
+        self._held = b""  # arrived while an answer was still being sent
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if isinstance(peer, tuple) else None
+        if transport.get_extra_info("sslcontext") is not None:
+            self._lane = None  # sendfile cannot encrypt
+
+    def data_received(self, data: bytes) -> None:
+        if self._sending is not None:
+            self._held += data
+            return
+        lane = self._lane
+        if lane is None or not self._express(lane, data):
+            super().data_received(data)
+
+    def _express(self, lane: Lane, data: bytes) -> bool:
+        """True when the lane answered ``data``; else it is aiohttp's (and the lane
+        stays on only when ``data`` was one complete request without a body)."""
+        found = express.parse(data)
+        if found is None:
+            self._lane = None
+            return False
+        if not self._aiohttp_idle():  # e.g. still finishing its last answer: it queues this
+            return False
+        answer = lane.find(found)
+        if answer is None or self.transport is None or socket_if_idle(self.transport) is None:
+            return False
+        request_id = found.request_id or os.urandom(16).hex().encode()
+        return self._answer(lane, answer, request_id)
+
+    def _aiohttp_idle(self) -> bool:
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages
+
+    def _answer(self, lane: Lane, answer: Answer, request_id: bytes) -> bool:
+        started = time.perf_counter()
+        transport = self.transport
+        assert transport is not None
+        head = lane.head(answer, request_id)
+        self._keep_alive()
+        if answer.data is not None:
+            lane.answered()
+            transport.write(head + answer.data)
+            self._done(lane, answer, request_id, started, len(head))
+            return True
+        try:
+            body = open(answer.body_path, "rb", buffering=0)  # noqa: SIM115 (closed when sent)
+        except FileNotFoundError:  # evicted by another worker: aiohttp's to answer
+            return False
+        lane.answered()  # before the first byte: whoever gets it may look at the count
+        sent = 0
+        if _send_head(transport, head):
+            sent = sendfile_now(transport, body, 0, answer.size)
+        if sent == answer.size:
+            body.close()
+            self._done(lane, answer, request_id, started, len(head))
+        else:
+            self._sending = asyncio.get_running_loop().create_task(
+                self._send_rest(lane, body, sent, answer, request_id, started, len(head))
+            )
+        return True
+
+    async def _send_rest(
+        self,
+        lane: Lane,
+        body: BinaryIO,
+        offset: int,
+        answer: Answer,
+        request_id: bytes,
+        started: float,
+        head: int,
+    ) -> None:
+        """What the socket did not take at once: ``loop.sendfile`` lets the transport
+        send what it holds first, and pauses reading meanwhile."""
+        try:
+            transport = self.transport
+            if transport is None:
+                return
+            await asyncio.get_running_loop().sendfile(transport, body, offset, answer.size - offset)
+            self._done(lane, answer, request_id, started, head)
+        except (ConnectionError, OSError, RuntimeError):
+            if self.transport is not None:
+                self.transport.abort()
+        finally:
+            body.close()
+            self._sending = None
+            self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, b""
+        if held and not self._force_close:
+            self.data_received(held)
+
+    def _done(
+        self, lane: Lane, answer: Answer, request_id: bytes, started: float, head: int
+    ) -> None:
+        self._keep_alive()
+        seconds = time.perf_counter() - started
+        logs.account_express(self._app, answer, request_id.decode(), self._remote, seconds, head)
+
+    def _keep_alive(self) -> None:
+        """Push aiohttp's idle-connection timer on: the connection is in use."""
+        if self._keepalive_timeout > 0:
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """aiohttp's graceful shutdown, after the answer being sent is complete."""
+        sending = self._sending
+        if sending is not None:
+            await asyncio.wait([sending], timeout=timeout)
+        await super().shutdown(timeout)
+
+
+def _send_head(transport: asyncio.Transport, head: bytes) -> bool:
+    """The head with MSG_MORE; True when it all went out (else the transport holds the
+    rest, and sends it before anything written after)."""
+    sock = socket_if_idle(transport)
+    try:
+        sent = send_more(sock, head) if sock is not None else 0
+    except BlockingIOError:
+        sent = 0
+    if sent < len(head):
+        transport.write(head[sent:])
+    return sent == len(head)
+
+
+class Runner(web.AppRunner):
+    """aiohttp's AppRunner whose sites accept a :class:`Connection` for each client."""
+
+    # Sites only call ``runner.server`` to make protocols; the runner itself uses its
+    # own ``_server``, so a factory of Connections can stand in for aiohttp's Server.
+    @property
+    def server(self) -> Callable[[], Connection] | None:  # type: ignore[override]
+        server = super().server
+        if server is None:
+            return None
+        return functools.partial(_connection, server, self.app)
+
+
+def _connection(server: web.Server, app: web.Application) -> Connection:
+    """What ``web.Server.__call__`` makes, with the lane in front."""
+    return Connection(server, app, loop=server._loop, **server._kwargs)
+
+
+def run(app: web.Application, host: str, port: int, *, reuse_port: bool, grace: float) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, then shut down gracefully (as
+    ``web.run_app`` does, with this module's connections)."""
+    asyncio.run(_serve(app, host, port, reuse_port=reuse_port, grace=grace))
+
+
+async def _serve(
+    app: web.Application, host: str, port: int, *, reuse_port: bool, grace: float
+) -> None:
+    runner = Runner(app, access_log=None, shutdown_timeout=grace)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
