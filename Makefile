@@ -14,7 +14,7 @@ OS_PACKAGES := orthanc orthanc-dicomweb python3-venv chromium haproxy nginx
 BENCH_PACKAGES := wrk
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: test lint demo os-packages bench-packages bench venv clean chaos fleet
+.PHONY: test lint docs demo os-packages bench-packages bench venv clean chaos fleet
 
 venv: $(STAMP)
 
@@ -55,6 +55,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check proxy harness tests bench demo
 	$(BIN)/ruff format --check proxy harness tests bench demo
 	$(BIN)/mypy
+
+# The configuration reference, generated from the option table (proxy/options.py);
+# tests/test_docs.py fails when the checked-in copy is stale.
+docs: $(STAMP)
+	$(BIN)/python -m harness.configref
 
 test: os-packages $(STAMP) lint
 	$(BIN)/pytest

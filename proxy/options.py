@@ -57,7 +57,7 @@ class Settings:
         default=1, metadata=opt("worker processes, or auto (one per CPU)", parse_workers)
     )
     data_dir: str = field(
-        default="./.dicomweb-proxy", metadata=opt("cache, spool, dead-letter home", parse_str)
+        default="./.dicomweb-proxy", metadata=opt("holds cache/, spool/, dead-letter/", parse_str)
     )
     cache_dir: str | None = field(
         default=None, metadata=opt("disk cache location", parse_optional_str)
@@ -76,7 +76,7 @@ class Settings:
         metadata=opt("a study unchanged this long is final", parse_duration),
     )
     qido_ttl: float = field(
-        default=0.0, metadata=opt("cache QIDO-RS responses this long", parse_duration)
+        default=0.0, metadata=opt("cache QIDO-RS responses this long (0 = never)", parse_duration)
     )
     stale_if_error: float = field(
         default=3600.0,

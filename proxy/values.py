@@ -161,14 +161,21 @@ def parse_origins(text: object) -> tuple[str, ...]:
     return tuple(item.strip() for item in str(text).split(",") if item.strip())
 
 
-def choice(*allowed: str) -> Callable[[object], str]:
-    def parse(text: object) -> str:
-        value = str(text).strip().lower()
-        if value not in allowed:
-            raise ValueError(f"invalid value {text!r} (choose from {', '.join(allowed)})")
-        return value
+def choice(*allowed: str) -> Choice:
+    return Choice(allowed)
 
-    return parse
+
+class Choice:
+    """A parser for one of a few words; keeps them so the reference can list them."""
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        self.allowed = allowed
+
+    def __call__(self, text: object) -> str:
+        value = str(text).strip().lower()
+        if value not in self.allowed:
+            raise ValueError(f"invalid value {text!r} (choose from {', '.join(self.allowed)})")
+        return value
 
 
 def mask_userinfo(url: str) -> str:
