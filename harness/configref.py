@@ -54,6 +54,7 @@ DERIVED_DEFAULTS = {
     "public_url": "from the request's `Host`",
     "cache_dir": "`<data-dir>/cache`",
     "dead_letter_dir": "`<data-dir>/dead-letter`",
+    "upstream_ca_file": "the system CAs",
     "google_credentials_file": "`GOOGLE_APPLICATION_CREDENTIALS`, else the metadata server",
     "azure_tenant_id": "`AZURE_TENANT_ID`",
     "azure_client_id": "`AZURE_CLIENT_ID`",
