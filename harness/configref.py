@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from proxy.options import ENV_PREFIX, OPTION_FIELDS, option_env, option_flag
 from proxy.values import Choice, parse_duration, parse_size
@@ -121,7 +122,7 @@ def format_default(name: str) -> str:
     if name in DERIVED_DEFAULTS:
         return DERIVED_DEFAULTS[name]
     item = OPTION_FIELDS[name]
-    value = item.default
+    value: Any = item.default  # every option has a plain default, no default_factory
     parse = item.metadata["parse"]
     if value is None or value == ():
         return "unset"
