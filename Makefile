@@ -14,7 +14,7 @@ OS_PACKAGES := orthanc orthanc-dicomweb python3-venv chromium haproxy nginx
 BENCH_PACKAGES := wrk
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: test lint demo os-packages bench-packages bench venv clean chaos fleet
+.PHONY: test lint docs demo os-packages bench-packages bench venv clean chaos fleet
 
 venv: $(STAMP)
 
@@ -44,9 +44,9 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: bench-packages $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# Scale-out measured (issue #17, docs/scale-out.md): HAProxy on deploy/balancers/haproxy.cfg,
+# Scale-out measured (issue #17, docs/how-to/scale-out.md): HAProxy on deploy/balancers/haproxy.cfg,
 # 3 replicas and Orthanc on loopback, three runs with study hashing and with round robin,
-# then the simulation; writes bench/results/fleet.md and docs/scale-out.png (about 4 min;
+# then the simulation; writes bench/results/fleet.md and docs/how-to/scale-out.png (about 4 min;
 # FLEET_ARGS=--quick: 1).  `make test` runs the short form (tests/test_fleet.py).
 fleet: os-packages $(BENCH_STAMP)
 	$(BIN)/python -m bench.fleet $(FLEET_ARGS)
@@ -55,6 +55,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check proxy harness tests bench demo
 	$(BIN)/ruff format --check proxy harness tests bench demo
 	$(BIN)/mypy
+
+# The configuration reference, generated from the option table (proxy/options.py);
+# tests/test_docs.py fails when the checked-in copy is stale.
+docs: $(STAMP)
+	$(BIN)/python -m harness.configref
 
 test: os-packages $(STAMP) lint
 	$(BIN)/pytest

@@ -656,7 +656,7 @@ def test_chart_haproxy_config_keeps_every_directive_of_the_reference_file() -> N
 
 
 def test_hash_depth_follows_the_base_path() -> None:
-    """``balance uri depth`` = segments of --base-path + 2 (docs/scale-out.md)."""
+    """``balance uri depth`` = segments of --base-path + 2 (docs/how-to/scale-out.md)."""
     define = helper_defines()["dicomweb-proxy.haproxyConfig"]
     assert '$depth := add 2 (len (compact (splitList "/" .Values.proxy.basePath)))' in define
     assert "balance uri depth {{ $depth }} path-only" in define

@@ -33,7 +33,7 @@ def main() -> int:
     what.add_argument("--fleet-only", action="store_true", help="skip the simulation")
     what.add_argument("--sim-only", action="store_true", help="skip the fleet on loopback")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--chart", type=Path, default=Path("docs/scale-out.png"))
+    parser.add_argument("--chart", type=Path, default=Path("docs/how-to/scale-out.png"))
     args = parser.parse_args()
 
     def log(line: str) -> None:
