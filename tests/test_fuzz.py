@@ -32,7 +32,8 @@ from proxy.dicomweb.stow_response import (
 )
 from proxy.dicomweb.uri import InvalidPath, Level, Transaction, check_path, classify
 from proxy.errors import MalformedBody
-from proxy.stow.spool import Kind, kind_of
+from proxy.stow.parts import Kind
+from proxy.stow.spool import kind_of
 
 FAST = settings(
     max_examples=200,
