@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from proxy.dicomweb import media, multipart, stow_response
+from proxy.dicomweb import media, multipart, stow_encoding, stow_response
 from proxy.dicomweb.multipart import MultipartReader
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
 from proxy.dicomweb.stow_response import (
@@ -326,7 +326,7 @@ JSON_VALUES = st.recursive(
 @example(document={"00081199": {"vr": "SQ", "Value": [{"00081155": {"Value": [1.5]}}]}})
 @example(document={"00081198": {"Value": [{"00081197": {"Value": ["A700"]}}]}})
 def test_stow_json_response_parses_or_is_none(document: object) -> None:
-    parsed = stow_response.parse(json.dumps(document).encode(), "application/dicom+json")
+    parsed = stow_encoding.parse(json.dumps(document).encode(), "application/dicom+json")
     assert parsed is None or isinstance(parsed, StowResult)
 
 
@@ -344,7 +344,7 @@ def test_stow_json_response_parses_or_is_none(document: object) -> None:
 def test_stow_response_bytes_parse_or_are_none(body: bytes, xml: bool) -> None:
     """Upstream bodies are untrusted: deep nesting or entity bombs give None, not a crash."""
     content_type = "application/dicom+xml" if xml else "application/dicom+json"
-    parsed = stow_response.parse(body, content_type)
+    parsed = stow_encoding.parse(body, content_type)
     assert parsed is None or isinstance(parsed, StowResult)
 
 
@@ -391,8 +391,8 @@ def test_merge_keeps_every_item_and_round_trips(
     else:
         assert merged.status == (200 if merged.status == 200 else 202)
         assert merged.status == 202 or not failed
-    encoded = stow_response.to_xml(merged) if xml else stow_response.to_json(merged)
-    parsed = stow_response.parse(encoded, "application/dicom+xml" if xml else "application/json")
+    encoded = stow_encoding.to_xml(merged) if xml else stow_encoding.to_json(merged)
+    parsed = stow_encoding.parse(encoded, "application/dicom+xml" if xml else "application/json")
     assert parsed is not None
     assert [(i.sop_instance, i.warning) for i in parsed.referenced] == [
         (i.sop_instance, i.warning) for i in referenced

@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 from proxy import forward, metrics
 from proxy import headers as hdrs
 from proxy.admin import DEAD_LETTERS, require_admin
-from proxy.dicomweb import stow_response
+from proxy.dicomweb import stow_encoding
 from proxy.dicomweb.multipart import parse_media_type
 from proxy.errors import BadRequest
 from proxy.exchange import Exchange, request_id
@@ -100,7 +100,7 @@ async def _notify(context: Context, studies: set[str]) -> None:
 def render(request: web.Request, outcome: Outcome, rid: str) -> web.Response:
     """JSON unless the client's ``Accept`` prefers XML (PS3.18 section 10.5.3)."""
     xml = wants_xml(request.headers.get("Accept", ""))
-    body = (stow_response.to_xml if xml else stow_response.to_json)(outcome.response)
+    body = (stow_encoding.to_xml if xml else stow_encoding.to_json)(outcome.response)
     headers: CIMultiDict[str] = CIMultiDict({"X-Request-ID": rid, "Vary": "Accept"})
     for warning in outcome.warnings:
         headers.add("Warning", warning)
