@@ -113,8 +113,6 @@ def test_media_type_parsing_never_raises(value: str) -> None:
     assert main == main.strip().lower()
     accept = media.normalize_accept(value)
     assert accept == media.normalize_accept(accept) or '"' in value
-    parsed = multipart.parse_media_type(value)
-    assert parsed.main == parsed.main.lower()
     assert isinstance(carries_urls(value), bool)
 
 
@@ -123,7 +121,7 @@ def test_media_type_parsing_never_raises(value: str) -> None:
 @example(value="multipart/related; boundary=" + "x" * 201)
 def test_boundary_of_is_valid_or_malformed(value: str) -> None:
     try:
-        boundary = multipart.boundary_of(multipart.parse_media_type(value))
+        boundary = multipart.boundary_of(media.parse_media_type(value))
     except MalformedBody:
         return
     assert 1 <= len(boundary) <= multipart.MAX_BOUNDARY and not boundary.endswith(" ")
@@ -428,10 +426,10 @@ def test_merge_status_table() -> None:
 def test_quoted_and_unquoted_boundaries_and_types(content_type: str) -> None:
     """Real clients write these parameters every way RFC 9110 5.6.6 allows (and some it
     does not: spaces around "=")."""
-    media = multipart.parse_media_type(content_type)
-    assert multipart.boundary_of(media) == "abc"
-    assert kind_of(media) is Kind.DICOM
+    parsed = media.parse_media_type(content_type)
+    assert multipart.boundary_of(parsed) == "abc"
+    assert kind_of(parsed) is Kind.DICOM
     body = b"--abc\r\nContent-Type: application/dicom\r\n\r\nDATA\r\n--abc--"
-    assert read_parts(body, multipart.boundary_of(media), [4]) == [
+    assert read_parts(body, multipart.boundary_of(parsed), [4]) == [
         ({"content-type": "application/dicom"}, b"DATA")
     ]

@@ -20,6 +20,7 @@ from proxy.stow import spool as spool_module
 from proxy.stow import spool_file
 from proxy.stow.batch import Batch, encode, plan
 from proxy.stow.dead_letter import DeadLetter, new_record
+from proxy.stow.http import wants_xml
 from proxy.stow.identify import dicom_instance
 from proxy.stow.parts import Instance, Kind, SpooledPart
 from proxy.stow.send import Policy, Sender, _retry_after
@@ -232,3 +233,23 @@ def test_dead_letter_takes_a_part_out_of_the_spool_file(
     kept, _, _ = letters.instance(record.id)
     assert [p.read() for p in kept.parts] == [b"B" * 3000]
     assert kept.parts[0].offset == 0
+
+
+@pytest.mark.parametrize(
+    ("accept", "xml"),
+    [
+        ("", False),
+        ("*/*", False),
+        ("application/dicom+xml", True),
+        ("application/dicom+json", False),
+        ("application/dicom+xml, application/dicom+json", False),  # a tie goes to JSON
+        ("application/dicom+xml;q=0.9, application/dicom+json;q=0.5", True),
+        ("application/dicom+json;q=0.1, application/dicom+xml", True),
+        ("application/dicom+xml;q=bogus", False),
+        ("APPLICATION/DICOM+XML", True),
+        ("text/html", False),
+    ],
+)
+def test_the_stow_response_is_xml_when_the_client_ranks_it_first(accept: str, xml: bool) -> None:
+    """PS3.18 section 10.5.3: DICOM JSON unless the Accept prefers DICOM XML."""
+    assert wants_xml(accept) is xml

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from typing import Any
 
+from proxy.dicomweb.media import parse_media_type
 from proxy.dicomweb.stow_response import (
     PROCESSING_FAILURE,
     Failed,
@@ -50,7 +51,7 @@ def parse(body: bytes, content_type: str) -> StowResult | None:
     """The items of an upstream STOW response in DICOM JSON or Native DICOM XML; None
     when the body is neither.  The body is the upstream's, so untrusted: nesting deep
     enough to exhaust the recursion limit is unreadable too, not a crash."""
-    is_xml = "xml" in content_type.lower()
+    is_xml = "xml" in parse_media_type(content_type).main
     try:
         return parse_xml(body) if is_xml else parse_json(body)
     except (ValueError, TypeError, KeyError, AttributeError, ET.ParseError, RecursionError):

@@ -18,7 +18,7 @@ import pydicom
 import pydicom.filereader
 from pydicom.tag import BaseTag
 
-from proxy.dicomweb.multipart import parse_media_type
+from proxy.dicomweb.media import parse_media_type
 from proxy.dicomweb.stow_response import Sop
 from proxy.errors import MalformedBody, PayloadTooLarge
 from proxy.stow.parts import Instance, Kind, Spooled, SpooledPart

@@ -12,7 +12,8 @@ import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 
-from proxy.dicomweb.multipart import MediaType, MultipartReader, boundary_of, parse_media_type
+from proxy.dicomweb.media import MediaType, parse_media_type
+from proxy.dicomweb.multipart import MultipartReader, boundary_of
 from proxy.errors import MalformedBody, UnsupportedMediaType
 from proxy.stow.identify import dicom_instance, identify_metadata
 from proxy.stow.parts import Instance, Kind, Spooled, SpooledPart
