@@ -18,6 +18,7 @@ from proxy import auth
 from proxy.errors import UpstreamAuthFailed, UpstreamError
 from proxy.health import data_paths, writable
 from proxy.settings import Settings
+from proxy.streams import read_at_most
 from proxy.upstream import Upstream, iter_body
 
 # A QIDO answer for one study is a few KiB; more means something else answered.
@@ -85,11 +86,9 @@ async def _round_trip(settings: Settings, upstream: Upstream) -> list[Result]:
                 return [Result("upstream", False, _refusal(settings, response.status))]
             if response.status >= 300:
                 return [reached, Result("qido", False, f"HTTP {response.status} from {url}")]
-            body = b""
-            async for chunk in iter_body(response):
-                body += chunk
-                if len(body) > _QIDO_LIMIT:
-                    return [reached, Result("qido", False, "answer larger than 1 MiB")]
+            body = await read_at_most(iter_body(response), _QIDO_LIMIT)
+            if body is None:
+                return [reached, Result("qido", False, "answer larger than 1 MiB")]
     except UpstreamError as exc:
         return [Result("upstream", False, f"{exc.title}: {exc.detail}")]
     return [reached, _qido_answer(body)]

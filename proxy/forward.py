@@ -15,7 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import headers as hdrs
 from proxy.dicomweb.coding import accepts_gzip
-from proxy.dicomweb.media import multipart_boundary
+from proxy.dicomweb.media import multipart_boundary, parse_media_type
 from proxy.dicomweb.rewrite import (
     PartHeadersRewriter,
     PartURLs,
@@ -286,5 +286,5 @@ def should_compress(
 
 def compressible(content_type: str) -> bool:
     """JSON, XML and WADL answers; never multipart, images or DICOM bulk data."""
-    multipart = content_type.lstrip()[:10].lower().startswith("multipart/")
+    multipart = parse_media_type(content_type).main.startswith("multipart/")
     return not multipart and carries_urls(content_type)

@@ -3,9 +3,8 @@
 For each study (given with ``--study`` or found by a QIDO-RS ``--query``): the study
 metadata (PS3.18 section 10.4, ``/studies/{s}/metadata``), then every instance
 (``/studies/{s}/series/{se}/instances/{i}``), ``--concurrency`` requests at a time.
-Bodies are read and discarded as they stream.  Progress goes to stderr: a bar on a
-terminal (studies, instances, bytes, rate, ETA), one line per finished study
-otherwise; the summary goes to stdout.  Exit status 1 when anything failed.
+Bodies are read and discarded as they stream.  Progress goes to stderr
+(:mod:`proxy.progress`), the summary to stdout.  Exit status 1 when anything failed.
 """
 
 from __future__ import annotations
@@ -13,17 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from proxy.settings import format_size, parse_positive_int, parse_url
+from proxy.progress import Progress, Reporter, StudyProgress, summary
+from proxy.settings import parse_positive_int, parse_url
 
 DEFAULT_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 CHUNK = 256 * 1024
@@ -38,31 +37,6 @@ class Options:
     concurrency: int = 8
     accept: str = DEFAULT_ACCEPT
     token: str | None = None
-
-
-@dataclass
-class StudyState:
-    remaining: int = 0
-    instances: int = 0
-    bytes: int = 0
-
-
-@dataclass
-class Progress:
-    """What has been done so far; ``instances_total`` grows as metadata arrives."""
-
-    studies_total: int = 0
-    studies_done: int = 0
-    metadata_pending: int = 0
-    instances_total: int = 0
-    instances_done: int = 0
-    bytes: int = 0
-    failures: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed(self) -> float:
-        return max(time.monotonic() - self.started, 1e-6)
 
 
 @dataclass(frozen=True)
@@ -153,13 +127,13 @@ class Prefetcher:
         self.progress = progress
         self.reporter = reporter
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
-        self.studies: dict[str, StudyState] = {}
+        self.studies: dict[str, StudyProgress] = {}
 
     async def run(self) -> None:
         studies = list(self.options.studies) or await self.find_studies()
         self.progress.studies_total = self.progress.metadata_pending = len(studies)
         for uid in studies:
-            self.studies[uid] = StudyState()
+            self.studies[uid] = StudyProgress()
             self.queue.put_nowait(StudyJob(uid))
         workers = [asyncio.create_task(self.work()) for _ in range(self.options.concurrency)]
         try:
@@ -259,68 +233,3 @@ def _values(datasets: Any, tag: str) -> Iterator[str]:
 
 def _instances(datasets: Any) -> Iterator[tuple[str, str]]:
     yield from zip(_values(datasets, _SERIES_UID), _values(datasets, _SOP_UID), strict=True)
-
-
-# -- progress -------------------------------------------------------------------------
-
-
-class Reporter:
-    """A redrawn bar on a terminal; plain lines (one per finished study) otherwise."""
-
-    def __init__(self, stream: TextIO, *, tty: bool | None = None) -> None:
-        self.stream = stream
-        self.tty = stream.isatty() if tty is None else tty
-        self._drawn_at = 0.0
-
-    def update(self, progress: Progress) -> None:
-        if self.tty and time.monotonic() - self._drawn_at >= 0.1:
-            self._drawn_at = time.monotonic()
-            self.stream.write("\r\x1b[K" + progress_bar(progress))
-            self.stream.flush()
-
-    def study_done(self, study: str, state: StudyState, progress: Progress) -> None:
-        line = (
-            f"study {study}: {state.instances} instances, {format_size(state.bytes)} "
-            f"({progress.studies_done}/{progress.studies_total} studies)"
-        )
-        self.stream.write(("\r\x1b[K" + line + "\n") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def finish(self, progress: Progress) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K" + progress_bar(progress) + "\n")
-            self.stream.flush()
-
-
-def progress_bar(progress: Progress, width: int = 24) -> str:
-    total = progress.instances_total
-    done = progress.instances_done
-    filled = int(width * done / total) if total else 0
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] "
-        f"{progress.studies_done}/{progress.studies_total} studies  "
-        f"{done}/{total} instances  {format_size(progress.bytes)}  "
-        f"{format_size(progress.bytes / progress.elapsed)}/s  ETA {eta(progress)}"
-    )
-
-
-def eta(progress: Progress) -> str:
-    """Known only once every study's instance list is in and something was fetched."""
-    if progress.metadata_pending or not progress.instances_done:
-        return "?"
-    rate = progress.instances_done / progress.elapsed
-    seconds = int((progress.instances_total - progress.instances_done) / rate)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def summary(progress: Progress) -> str:
-    lines = [
-        f"prefetched {progress.studies_done} studies, {progress.instances_done} instances, "
-        f"{format_size(progress.bytes)} in {progress.elapsed:.1f} s "
-        f"({format_size(progress.bytes / progress.elapsed)}/s); "
-        f"{len(progress.failures)} failed"
-    ]
-    lines += [f"  {failure}" for failure in progress.failures[:20]]
-    if len(progress.failures) > 20:
-        lines.append(f"  ... and {len(progress.failures) - 20} more")
-    return "\n".join(lines)

@@ -19,6 +19,7 @@ from aiohttp import web
 from proxy import admin, logs, metrics
 from proxy.errors import Forbidden, PayloadTooLarge, Unauthorized
 from proxy.settings import format_size
+from proxy.streams import read_at_most
 
 _FORM_LIMIT = 4096
 _SECURITY_HEADERS = {
@@ -113,11 +114,9 @@ def _same_origin(request: web.Request) -> None:
 
 async def _read_form(request: web.Request) -> dict[str, str]:
     """A small urlencoded form, read with a bound (the app itself sets none)."""
-    body = b""
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > _FORM_LIMIT:
-            raise PayloadTooLarge("the form is too large")
+    body = await read_at_most(request.content.iter_any(), _FORM_LIMIT)
+    if body is None:
+        raise PayloadTooLarge("the form is too large")
     pairs = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
     return dict(pairs)
 

@@ -28,6 +28,7 @@ from proxy.dicomweb import coding
 from proxy.dicomweb.ending import end_check
 from proxy.errors import UpstreamError, UpstreamInvalid, UpstreamTimeout, UpstreamUnreachable
 from proxy.settings import Settings
+from proxy.streams import read_at_most
 
 CHUNK = 256 * 1024
 # Per-connection read buffer: with aiohttp's 64 KiB default a 512 KiB body makes the
@@ -211,16 +212,12 @@ def _framed(response: aiohttp.ClientResponse) -> bool:
 
 
 async def read_bounded(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
-    """A whole small body (a QIDO answer, a STOW response); UpstreamInvalid past
-    ``limit`` bytes.  ``content.read(n)`` alone returns whatever has arrived so far."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in iter_body(response):
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamInvalid(f"the upstream {what} is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """A whole small body (a QIDO answer, a STOW response), decoded; UpstreamInvalid
+    past ``limit`` bytes."""
+    body = await read_at_most(iter_body(response), limit)
+    if body is None:
+        raise UpstreamInvalid(f"the upstream {what} is larger than {limit} bytes")
+    return body
 
 
 @contextlib.contextmanager

@@ -23,7 +23,8 @@ import aiohttp
 from aiohttp import web
 
 from harness.dicomgen import Study, make_study
-from proxy.dicomweb.multipart import MultipartReader, boundary_of, parse_media_type
+from proxy.dicomweb.media import parse_media_type
+from proxy.dicomweb.multipart import MultipartReader, boundary_of
 from proxy.errors import MalformedBody
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "authorization"}

@@ -18,7 +18,8 @@ import aiohttp
 from aiohttp import web
 
 from harness.net import free_port
-from proxy.dicomweb.multipart import MultipartReader, boundary_of, parse_media_type
+from proxy.dicomweb.media import parse_media_type
+from proxy.dicomweb.multipart import MultipartReader, boundary_of
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

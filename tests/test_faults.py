@@ -25,7 +25,7 @@ from proxy.cache import fill as fill_module
 from proxy.cache import service as cache_service
 from proxy.cache.store import free_bytes
 from proxy.stow import dead_letter as dead_letter_module
-from proxy.stow.spool import SpooledPart
+from proxy.stow.parts import SpooledPart
 from tests.relay import Faults as StowFaults
 from tests.relay import Relay as StowRelay
 from tests.support import make_settings, multipart_stow

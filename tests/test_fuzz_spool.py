@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import ProxyError
-from proxy.stow.spool import Spooled, SpooledPart, spool
+from proxy.stow.parts import Spooled, SpooledPart
+from proxy.stow.spool import spool
 
 FAST = settings(
     max_examples=150,

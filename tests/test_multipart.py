@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from proxy.dicomweb import multipart
-from proxy.dicomweb.multipart import MultipartReader, boundary_of, parse_media_type
+from proxy.dicomweb.media import parse_media_type
+from proxy.dicomweb.multipart import MultipartReader, boundary_of
 from proxy.errors import MalformedBody
 
 CHUNK_SIZES = [1, 3, 17, 4096]
@@ -27,26 +28,6 @@ async def read_all(data: bytes, boundary: str, size: int) -> list[tuple[dict[str
             body += chunk
         parts.append((headers, body))
     return parts
-
-
-@pytest.mark.parametrize(
-    ("value", "main", "params"),
-    [
-        ("multipart/related; type=application/dicom; boundary=abc", "multipart/related",
-         {"type": "application/dicom", "boundary": "abc"}),
-        ('Multipart/Related; TYPE="application/dicom+json"; boundary="a b;c"', "multipart/related",
-         {"type": "application/dicom+json", "boundary": "a b;c"}),
-        ('multipart/related;boundary="q\\"x";type="application/dicom"', "multipart/related",
-         {"type": "application/dicom", "boundary": 'q"x'}),
-        ("application/dicom", "application/dicom", {}),
-        ("  application/DICOM ; transfer-syntax=1.2.840.10008.1.2.1", "application/dicom",
-         {"transfer-syntax": "1.2.840.10008.1.2.1"}),
-    ],
-)  # fmt: skip
-def test_parse_media_type(value: str, main: str, params: dict[str, str]) -> None:
-    parsed = parse_media_type(value)
-    assert parsed.main == main
-    assert parsed.params == params
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from harness.dicomgen import Study
 from harness.orthanc import Orthanc
 from proxy import prefetch
+from proxy.progress import Progress, Reporter, eta, progress_bar
 from tests.recorder import Recorder
 from tests.support import ProxyThread
 
@@ -46,7 +47,7 @@ async def test_prefetch_reads_metadata_then_every_instance_once(
     recorder, proxy = await recorded_proxy(orthanc, aiohttp_server, start_proxy)
     output = io.StringIO()
     options = prefetch.Options(proxy.dicomweb, studies=(study.uid,), concurrency=3)
-    progress = await prefetch.run(options, prefetch.Reporter(output, tty=False))
+    progress = await prefetch.run(options, Reporter(output, tty=False))
 
     assert progress.failures == []
     assert (progress.studies_done, progress.studies_total) == (1, 1)
@@ -123,19 +124,19 @@ async def run_command(*argv: str) -> tuple[int, str, str]:
 
 
 def test_progress_bar_and_eta() -> None:
-    progress = prefetch.Progress(studies_total=2, studies_done=1, metadata_pending=1)
+    progress = Progress(studies_total=2, studies_done=1, metadata_pending=1)
     progress.instances_total, progress.instances_done, progress.bytes = 10, 5, 5 * 1024**2
-    bar = prefetch.progress_bar(progress, width=10)
+    bar = progress_bar(progress, width=10)
     assert bar.startswith("[#####.....] 1/2 studies  5/10 instances  5.0 MiB  ")
     assert bar.endswith("ETA ?")  # a study's instance list is still unknown
     progress.metadata_pending = 0
-    assert prefetch.eta(progress) != "?"
+    assert eta(progress) != "?"
 
 
 def test_terminal_reporter_redraws_one_line() -> None:
     stream = io.StringIO()
-    reporter = prefetch.Reporter(stream, tty=True)
-    progress = prefetch.Progress(studies_total=1, instances_total=2, instances_done=1)
+    reporter = Reporter(stream, tty=True)
+    progress = Progress(studies_total=1, instances_total=2, instances_done=1)
     reporter.update(progress)
     reporter.finish(progress)
     assert stream.getvalue().startswith("\r\x1b[K[")

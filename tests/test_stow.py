@@ -25,7 +25,7 @@ from harness.dicomgen import make_study
 from harness.orthanc import Orthanc
 from proxy.app import STUDIES_CHANGED
 from proxy.cli import main as cli_main
-from proxy.stow import spool as spool_module
+from proxy.stow import spool_file
 from tests.relay import Faults, Relay
 from tests.support import ProxyThread
 
@@ -460,7 +460,7 @@ def test_full_spool_disk_is_507_and_stores_nothing(
     def open_until_full(path: Any, mode: str = "r", **kwargs: Any) -> Any:
         return FillsUp(path, mode) if mode == "wb" else open(path, mode, **kwargs)
 
-    monkeypatch.setattr(spool_module, "open", open_until_full, raising=False)
+    monkeypatch.setattr(spool_file, "open", open_until_full, raising=False)
     proxy = start_proxy(relay.dicomweb, **FAST)
     study = make_study(1, 4, rows=16, columns=16)
     response = post(proxy.dicomweb, dicom_parts([d for _, _, d in study.instances]), DICOM_TYPE)

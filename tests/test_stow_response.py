@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from proxy.dicomweb import stow_encoding as encoding
 from proxy.dicomweb import stow_response as sr
 from proxy.dicomweb.stow_response import BatchReport, Failed, Referenced, Sop, StowResult
 
@@ -142,7 +143,7 @@ ORTHANC_STYLE = {
 
 
 def test_parse_json_reads_numbers_and_strings() -> None:
-    parsed = sr.parse(json.dumps(ORTHANC_STYLE).encode(), "application/dicom+json")
+    parsed = encoding.parse(json.dumps(ORTHANC_STYLE).encode(), "application/dicom+json")
     assert parsed == StowResult(
         (Referenced(CT, "1", "http://up/x/1", 0xB000),), (Failed(CT, "2", 0x0110),)
     )
@@ -150,29 +151,29 @@ def test_parse_json_reads_numbers_and_strings() -> None:
 
 @pytest.mark.parametrize("body", [b"", b"not json", b"[1]", b"<html/>"])
 def test_parse_unusable_bodies(body: bytes) -> None:
-    parsed = sr.parse(body, "application/json")
+    parsed = encoding.parse(body, "application/json")
     assert parsed is None or not parsed.usable
 
 
 def test_json_and_xml_encodings_round_trip() -> None:
     result = StowResult((ref("1"), ref("2", 0xB007)), (fail("3", 0xA700), fail("", 0xC000)))
     response = sr.StowResponse(202, result, f"{BASE}/studies/S")
-    from_json = sr.parse(sr.to_json(response), "application/dicom+json")
-    from_xml = sr.parse(sr.to_xml(response), "application/dicom+xml")
+    from_json = encoding.parse(encoding.to_json(response), "application/dicom+json")
+    from_xml = encoding.parse(encoding.to_xml(response), "application/dicom+xml")
     assert from_json == from_xml == result
-    document = json.loads(sr.to_json(response))
+    document = json.loads(encoding.to_json(response))
     assert document["00081190"] == {"vr": "UR", "Value": [f"{BASE}/studies/S"]}
     assert document["00081198"]["Value"][0]["00081197"] == {"vr": "US", "Value": [0xA700]}
-    root = ET.fromstring(sr.to_xml(response))
+    root = ET.fromstring(encoding.to_xml(response))
     assert root.tag == "{http://dicom.nema.org/PS3.19/models/NativeDICOM}NativeDicomModel"
 
 
 def test_empty_retrieve_url_and_sequences_left_out() -> None:
     response = sr.StowResponse(409, StowResult((), (fail("1", 0x0110),)), "")
-    document = json.loads(sr.to_json(response))
+    document = json.loads(encoding.to_json(response))
     assert document["00081190"] == {"vr": "UR"}
     assert "00081199" not in document
 
 
 def test_nesting_deeper_than_the_recursion_limit_is_unreadable_not_a_crash() -> None:
-    assert sr.parse(b"[" * 100_000, "application/dicom+json") is None
+    assert encoding.parse(b"[" * 100_000, "application/dicom+json") is None

@@ -17,10 +17,14 @@ from harness.dicomgen import make_study
 from proxy.dicomweb.stow_response import Sop
 from proxy.errors import InsufficientStorage, MalformedBody, UnsupportedMediaType
 from proxy.stow import spool as spool_module
+from proxy.stow import spool_file
 from proxy.stow.batch import Batch, encode, plan
 from proxy.stow.dead_letter import DeadLetter, new_record
+from proxy.stow.http import wants_xml
+from proxy.stow.identify import dicom_instance
+from proxy.stow.parts import Instance, Kind, SpooledPart
 from proxy.stow.send import Policy, Sender, _retry_after
-from proxy.stow.spool import Instance, Kind, SpooledPart, _dicom_instance, spool
+from proxy.stow.spool import spool
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -80,9 +84,9 @@ def test_a_part_is_identified_from_its_own_bytes_only(tmp_path: Path) -> None:
     cut = data.index(b"\x08\x00\x16\x00UI")  # (0008,0016), explicit VR little endian
     path = tmp_path / spool_module.BODY
     path.write_bytes(data)
-    assert _dicom_instance(SpooledPart(path, cut, "application/dicom")) is None
-    assert _dicom_instance(SpooledPart(path, len(data) - cut, "application/dicom", "", cut)) is None
-    whole = _dicom_instance(SpooledPart(path, len(data), "application/dicom"))
+    assert dicom_instance(SpooledPart(path, cut, "application/dicom")) is None
+    assert dicom_instance(SpooledPart(path, len(data) - cut, "application/dicom", "", cut)) is None
+    whole = dicom_instance(SpooledPart(path, len(data), "application/dicom"))
     assert whole is not None and whole.sop.sop_instance == uid
 
 
@@ -142,7 +146,7 @@ async def test_full_spool_disk_is_507(tmp_path: Path, monkeypatch: pytest.Monkey
         def write(self, data: Any) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_module, "open", lambda *a, **k: Full(), raising=False)
+    monkeypatch.setattr(spool_file, "open", lambda *a, **k: Full(), raising=False)
     with pytest.raises(InsufficientStorage):
         await spool(once(b"x" * 10), "application/dicom", tmp_path)
 
@@ -229,3 +233,23 @@ def test_dead_letter_takes_a_part_out_of_the_spool_file(
     kept, _, _ = letters.instance(record.id)
     assert [p.read() for p in kept.parts] == [b"B" * 3000]
     assert kept.parts[0].offset == 0
+
+
+@pytest.mark.parametrize(
+    ("accept", "xml"),
+    [
+        ("", False),
+        ("*/*", False),
+        ("application/dicom+xml", True),
+        ("application/dicom+json", False),
+        ("application/dicom+xml, application/dicom+json", False),  # a tie goes to JSON
+        ("application/dicom+xml;q=0.9, application/dicom+json;q=0.5", True),
+        ("application/dicom+json;q=0.1, application/dicom+xml", True),
+        ("application/dicom+xml;q=bogus", False),
+        ("APPLICATION/DICOM+XML", True),
+        ("text/html", False),
+    ],
+)
+def test_the_stow_response_is_xml_when_the_client_ranks_it_first(accept: str, xml: bool) -> None:
+    """PS3.18 section 10.5.3: DICOM JSON unless the Accept prefers DICOM XML."""
+    assert wants_xml(accept) is xml

@@ -10,6 +10,7 @@
     azure.py        Entra ID tokens (secret, workload identity, managed identity) via oauth2
     google.py       Cloud Healthcare tokens from google-auth (key file, metadata server)
     aws.py          SigV4 signing of every request with botocore's credential chain
+    sigv4.py        the signing of one request: payload hash, canonical query, headers
     partition.py    the cache partition of a request (per credential with passthrough)
     config.py       Settings -> the objects above; start-up validation naming the option
 

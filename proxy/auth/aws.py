@@ -8,18 +8,7 @@ metadata.  The chain is resolved in a worker thread (its providers block), once 
 concurrent requests, and temporary credentials are refreshed in a thread when botocore
 says they are inside its refresh window (15 minutes before they expire).
 
-Every request is signed just before it is sent:
-
-- payload hash (``x-amz-content-sha256``): the hex SHA-256 of the body.  A STOW batch
-  is streamed from its spool files twice, once to hash and once to send, so nothing is
-  held in memory; an empty body hashes as the empty string.  A body that streams once
-  (a client's own upload of something other than STOW, which HealthImaging does not
-  serve) is signed ``UNSIGNED-PAYLOAD`` rather than buffered.
-- the query is sent exactly as SigV4 canonicalises it (RFC 3986 unreserved characters
-  only, the rest %XX), so that ``*`` and ``,`` in a QIDO query mean the same bytes to
-  the signer and the service;
-- signed headers: ``host``, ``content-type``, ``content-length`` and every ``x-amz-*``;
-  any ``x-amz-*`` header a client sent is dropped first.
+Every request is signed just before it is sent (:mod:`proxy.auth.sigv4`).
 
 A 403 (an expired signature or session token) makes the provider resolve the chain
 again, and the request is signed and sent once more.
@@ -32,14 +21,14 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote
 
 from yarl import URL
 
 from proxy.auth.credentials import Credentials, Outgoing
+from proxy.auth.sigv4 import SERVICE, canonical_url, payload_hash, sign
 from proxy.auth.tokens import RENEW_BACKOFF
 from proxy.errors import UpstreamAuthFailed
 from proxy.settings import Settings, SettingsError
@@ -47,18 +36,12 @@ from proxy.settings import Settings, SettingsError
 log = logging.getLogger("dicomweb_proxy.auth")
 
 EXTRA = "pip install 'dicomweb-proxy[aws]'"
-SERVICE = "medical-imaging"
 # "These actions support upload of up to 1GB of DICOM data per request" (HealthImaging
 # Developer Guide, Importing data); read as the smaller decimal gigabyte.
 MAX_REQUEST_BYTES = 1000**3
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # A refused signature made longer ago than this is worth making again with a fresh
 # date (SigV4 signatures are valid for 5 minutes; a request may wait for a connection).
 RESIGN_AFTER = 60.0
-# Hash chunks at least this large in a worker thread (hashlib releases the GIL).
-THREAD_HASH_FROM = 256 * 1024
-_SIGNED = frozenset({"host", "content-type", "content-length"})
 _HOST = re.compile(r"^dicom-medical-imaging\.([a-z0-9-]+)\.amazonaws\.com$")
 _MESSAGE = re.compile(r"^[\x20-\x7e]{1,300}$")
 # botocore logs canonical requests (session token included) and response bodies
@@ -243,69 +226,6 @@ class AwsCredentials(Credentials):
         except (BotoCoreError, ClientError, ValueError, OSError) as exc:
             raise UpstreamAuthFailed(f"AWS credentials: {_message(exc)}") from None
         return Frozen(frozen, str(getattr(self._sdk_credentials, "method", "")))
-
-
-async def payload_hash(data: Any) -> str:
-    """The hex SHA-256 of the body (x-amz-content-sha256), read as a stream from a body
-    factory; ``UNSIGNED-PAYLOAD`` for a stream that can be read only once."""
-    if callable(data):
-        return await _digest(data())
-    if data is None or isinstance(data, bytes):
-        return await _digest(data)
-    return UNSIGNED_PAYLOAD
-
-
-async def _digest(body: Any) -> str:
-    if body is None:
-        return EMPTY_SHA256
-    if isinstance(body, bytes):
-        return hashlib.sha256(body).hexdigest()
-    digest = hashlib.sha256()
-    stream: AsyncIterable[bytes] = body
-    async for chunk in stream:
-        if len(chunk) >= THREAD_HASH_FROM:
-            await asyncio.to_thread(digest.update, chunk)
-        else:
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def canonical_url(url: URL) -> URL:
-    """``url`` with its query encoded as SigV4's canonical query string encodes it
-    (every byte but A-Z a-z 0-9 - _ . ~ as %XX), pair order kept.  ``+`` is a plus
-    sign here (RFC 3986), never a space."""
-    raw = url.raw_query_string
-    if not raw:
-        return url
-    pairs = []
-    for pair in raw.split("&"):
-        key, sep, value = pair.partition("=")
-        pairs.append(_strict(key) + sep + _strict(value))
-    return URL(str(url.with_query(None)) + "?" + "&".join(pairs), encoded=True)
-
-
-def _strict(component: str) -> str:
-    return quote(unquote(component), safe="-_.~")
-
-
-def sign(sdk_credentials: Any, region: str, request: Outgoing, payload: str) -> None:
-    """Add ``Authorization``, ``X-Amz-Date``, ``X-Amz-Content-SHA256`` (and
-    ``X-Amz-Security-Token``) to ``request``, signed over the headers listed above."""
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-
-    headers = request.headers
-    for name in [name for name in headers if name.lower().startswith("x-amz-")]:
-        headers.popall(name, None)
-    headers["Host"] = request.url.host_port_subcomponent or ""
-    headers["X-Amz-Content-SHA256"] = payload
-    signed = {name: value for name, value in headers.items() if name.lower() in _SIGNED}
-    signed["X-Amz-Content-SHA256"] = payload
-    aws_request = AWSRequest(method=request.method, url=str(request.url), headers=signed)
-    SigV4Auth(sdk_credentials, SERVICE, region).add_auth(aws_request)
-    for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token"):
-        if name in aws_request.headers:
-            headers[name] = aws_request.headers[name]
 
 
 def _source(method: str) -> str:

@@ -24,6 +24,7 @@ from proxy.auth.credentials import basic_authorization
 from proxy.auth.tokens import DEFAULT_LIFETIME, Token, TokenCredentials, usable_for
 from proxy.auth.watched import Secret
 from proxy.errors import UpstreamAuthFailed
+from proxy.streams import read_at_most
 
 # A token response is a small JSON object; never read more than this.
 RESPONSE_LIMIT = 64 * 1024
@@ -161,13 +162,8 @@ class OAuth2Credentials(EndpointCredentials):
 
 async def _read_json(response: aiohttp.ClientResponse) -> Any:
     """The response as JSON when it is a small JSON document, else None."""
-    body = b""
-    while len(body) <= RESPONSE_LIMIT:
-        chunk = await response.content.read(RESPONSE_LIMIT + 1 - len(body))
-        if not chunk:
-            break
-        body += chunk
-    if len(body) > RESPONSE_LIMIT:
+    body = await read_at_most(response.content.iter_any(), RESPONSE_LIMIT)
+    if body is None:
         return None
     try:
         return json.loads(body)

@@ -38,7 +38,7 @@ from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
 from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
-from proxy.dicomweb.media import answers
+from proxy.dicomweb.media import answers, parse_media_type
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
 from proxy.errors import (
     ProxyError,
@@ -379,7 +379,7 @@ class Cache:
         log.warning(
             "not cached: the upstream answered %s with %s (%s) [%s]",
             exchange.resource.transaction.value,
-            content_type.split(";", 1)[0] or "no Content-Type",
+            parse_media_type(content_type).main or "no Content-Type",
             reason,
             exchange.request_id,
         )

@@ -18,6 +18,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from proxy.dicomweb.media import parse_accept, quality
+
 # Most bytes one decoding step hands out: a small compressed chunk may expand a
 # thousandfold (a "zip bomb"), and memory must stay bounded.
 PIECE = 256 * 1024
@@ -229,22 +231,8 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
     ``*``, with a non-zero ``q``.  Remembered: clients send few distinct values."""
     if not accept_encoding:
         return False
-    weights: dict[str, float] = {}
-    for item in accept_encoding.split(","):
-        name, _, params = item.partition(";")
-        weights[name.strip().lower()] = _quality(params)
+    weights = {item.main: quality(item) for item in parse_accept(accept_encoding)}
     for name in ("gzip", "x-gzip", "*"):
         if name in weights:
             return weights[name] > 0
     return False
-
-
-def _quality(params: str) -> float:
-    for param in params.split(";"):
-        key, _, value = param.partition("=")
-        if key.strip().lower() == "q":
-            try:
-                return float(value.strip())
-            except ValueError:
-                return 0.0
-    return 1.0

@@ -6,36 +6,66 @@ Pure: no server imports.
 from __future__ import annotations
 
 import functools
+import re
+from typing import NamedTuple
 
 # Parameters of a media range that select a different representation (PS3.18 8.7.3).
 _REPRESENTATION_PARAMS = ("type", "transfer-syntax", "charset")
+# RFC 9110 section 5.6.6 parameters: token = token / quoted-string.
+_PARAM = re.compile(
+    r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)', re.DOTALL
+)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 
-def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
+class MediaType(NamedTuple):
+    """A parsed ``Content-Type`` or media range (RFC 9110 section 8.3.1): the main type
+    lower-cased, parameter names lower-cased, values unquoted.  A tuple, so
+    ``main, params = parse_media_type(value)`` reads as well as ``.main``."""
+
+    main: str
+    params: dict[str, str]
+
+
+def parse_media_type(value: str) -> MediaType:
     """``multipart/related; type="application/dicom"`` -> (main type, parameters).
 
-    Parameter names are lower-cased and quotes removed; values keep their case except
-    ``type`` which is a media type and so case-insensitive.
-    """
-    main, *params = _split_outside_quotes(value, ";")
-    parsed: dict[str, str] = {}
-    for param in params:
-        name, sep, raw = param.partition("=")
-        if not sep:
-            continue
-        name = name.strip().lower()
-        text = raw.strip()
-        if len(text) >= 2 and text[0] == text[-1] == '"':
-            text = text[1:-1]
-        parsed[name] = text.lower() if name == "type" else text
-    return main.strip().lower(), parsed
+    Parameters follow RFC 9110 section 5.6.6 (a quoted-string may hold ``;`` and
+    quoted pairs); values keep their case except ``type``, which is a media type and so
+    case-insensitive (RFC 2387 section 3.1).  A parameter that is not ``name=value``
+    is left out; nothing raises."""
+    main, _, rest = value.partition(";")
+    params: dict[str, str] = {}
+    for match in _PARAM.finditer(";" + rest):
+        name, raw = match.group(1).lower(), match.group(2)
+        if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
+            raw = _QUOTED_PAIR.sub(r"\1", raw[1:-1])
+        params[name] = raw.lower() if name == "type" else raw
+    return MediaType(main.strip().lower(), params)
+
+
+def parse_accept(value: str | None) -> list[MediaType]:
+    """The media ranges of an ``Accept`` (RFC 9110 section 12.5.1), or any list of the
+    same shape (``Accept-Encoding``: codings with a weight), in order; empty items are
+    left out."""
+    ranges = [parse_media_type(item) for item in _split_outside_quotes(value or "", ",")]
+    return [media for media in ranges if media.main]
+
+
+def quality(media: MediaType) -> float:
+    """RFC 9110 section 12.4.2: ``q`` from 0 to 1, 1 when absent; unreadable counts as 0."""
+    try:
+        return float(media.params.get("q", "1"))
+    except ValueError:
+        return 0.0
 
 
 def multipart_boundary(content_type: str) -> str | None:
     """The ``boundary`` of a ``multipart/*`` media type; None for any other."""
-    if not content_type[:10].lower().startswith("multipart/"):
+    media = parse_media_type(content_type)
+    if not media.main.startswith("multipart/"):
         return None
-    return parse_media_type(content_type)[1].get("boundary") or None
+    return media.params.get("boundary") or None
 
 
 @functools.lru_cache(maxsize=256)
@@ -49,10 +79,8 @@ def normalize_accept(value: str | None) -> str:
     if not value:
         return "*/*"
     ranges = []
-    for item in _split_outside_quotes(value, ","):
-        main, params = parse_media_type(item)
-        if not main:  # "a/b,;q=1": an empty range would make a different key
-            continue
+    # "a/b,;q=1": parse_accept leaves the empty range out, which would make another key.
+    for main, params in parse_accept(value):
         kept = [f"{name}={params[name]}" for name in _REPRESENTATION_PARAMS if name in params]
         ranges.append(";".join([main, *kept]))
     return ",".join(sorted(set(ranges))) or "*/*"
@@ -115,19 +143,10 @@ def answers(content_type: str, accept: str | None, defaults: tuple[str, ...]) ->
     main, params = parse_media_type(content_type)
     if not main:
         return False
-    ranges = [parse_media_type(item) for item in _split_outside_quotes(accept or "", ",")]
-    ranges = [(m, p) for m, p in ranges if m and _quality(p) > 0]
+    ranges = [media for media in parse_accept(accept) if quality(media) > 0]
     if not ranges or any(m == "*/*" for m, _ in ranges):
-        ranges += [(d, {}) for d in defaults]
+        ranges += [MediaType(d, {}) for d in defaults]
     return any(_matches(main, params, m, p) for m, p in ranges if m != "*/*")
-
-
-def _quality(params: dict[str, str]) -> float:
-    """RFC 9110 section 12.4.2: ``q`` from 0 to 1; an unreadable one counts as 0."""
-    try:
-        return float(params.get("q", "1"))
-    except ValueError:
-        return 0.0
 
 
 def _matches(main: str, params: dict[str, str], wanted: str, wanted_params: dict[str, str]) -> bool:
@@ -152,5 +171,5 @@ def _part_type(params: dict[str, str]) -> str | None:
     value = params.get("type")
     if value is None:
         return None
-    main = value.split(";", 1)[0].strip().lower()
+    main = parse_media_type(value).main
     return _SAME.get(main, main)

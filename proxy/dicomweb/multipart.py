@@ -14,41 +14,17 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from dataclasses import dataclass, field
 
+from proxy.dicomweb.media import MediaType
 from proxy.errors import MalformedBody
 
 MAX_HEADER_BYTES = 16 * 1024
 _CR, _LF = 13, 10
-# RFC 9110 section 5.6.6 parameters: token = token / quoted-string.
-_PARAM = re.compile(
-    r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)', re.DOTALL
-)
-_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 # RFC 2046 section 5.1.1 bchars, not ending in a space.  RFC 2046 allows 70 of them;
 # real peers write more (Orthanc 1.10: 73), so up to MAX_BOUNDARY are taken (SPEC 2).
 MAX_BOUNDARY = 200
 _BCHARS = r"0-9A-Za-z'()+_,\-./:=?"
 _BOUNDARY = re.compile(rf"^[{_BCHARS} ]{{0,{MAX_BOUNDARY - 1}}}[{_BCHARS}]$")
-
-
-@dataclass(frozen=True)
-class MediaType:
-    """A parsed ``Content-Type``: lower-cased main type and parameters, values unquoted."""
-
-    main: str
-    params: dict[str, str] = field(default_factory=dict)
-
-
-def parse_media_type(value: str) -> MediaType:
-    main, _, rest = value.partition(";")
-    params: dict[str, str] = {}
-    for match in _PARAM.finditer(";" + rest):
-        raw = match.group(2)
-        if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
-            raw = _QUOTED_PAIR.sub(r"\1", raw[1:-1])
-        params[match.group(1).lower()] = raw
-    return MediaType(main.strip().lower(), params)
 
 
 def boundary_of(media_type: MediaType) -> str:

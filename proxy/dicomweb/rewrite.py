@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from proxy.dicomweb.media import parse_media_type
+
 # A host, IPv6 literal or port: what may stand between ``//`` and the base path.
 _AUTHORITY = rb"[A-Za-z0-9.\-_~%:\[\]@]{1,255}"
 # What may follow the base path for it to be the whole base (not ``/dicom-webX``).
@@ -27,11 +29,10 @@ _TEXTUAL = ("json", "xml", "wadl")
 
 def carries_urls(content_type: str) -> bool:
     """True for response bodies that may carry upstream URLs and so are rewritten."""
-    lowered = content_type.lower()
-    main = lowered.split(";", 1)[0].strip()
+    main = parse_media_type(content_type).main
     if main.startswith("multipart/"):
         # Multipart XML metadata (PS3.18 10.4.1.1.2): type="application/dicom+xml".
-        return "dicom+xml" in lowered
+        return "dicom+xml" in content_type.lower()
     return any(word in main for word in _TEXTUAL)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from proxy.dicomweb import multipart
 from proxy.dicomweb.stow_response import Sop
-from proxy.stow.spool import Instance, Kind, SpooledPart
+from proxy.stow.parts import Instance, Kind, SpooledPart
 
 # One thread hop reads a whole typical instance (512 KiB CT slice).
 READ_SIZE = 1024**2

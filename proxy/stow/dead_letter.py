@@ -28,7 +28,7 @@ from typing import Any
 
 from proxy.dicomweb.stow_response import Sop
 from proxy.errors import NotFound
-from proxy.stow.spool import Instance, Kind, SpooledPart
+from proxy.stow.parts import Instance, Kind, SpooledPart
 
 _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
 

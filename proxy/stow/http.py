@@ -15,8 +15,8 @@ from multidict import CIMultiDict
 from proxy import forward, metrics
 from proxy import headers as hdrs
 from proxy.admin import DEAD_LETTERS, require_admin
-from proxy.dicomweb import stow_response
-from proxy.dicomweb.multipart import parse_media_type
+from proxy.dicomweb import stow_encoding
+from proxy.dicomweb.media import parse_accept, parse_media_type, quality
 from proxy.errors import BadRequest
 from proxy.exchange import Exchange, request_id
 from proxy.settings import Settings
@@ -100,7 +100,7 @@ async def _notify(context: Context, studies: set[str]) -> None:
 def render(request: web.Request, outcome: Outcome, rid: str) -> web.Response:
     """JSON unless the client's ``Accept`` prefers XML (PS3.18 section 10.5.3)."""
     xml = wants_xml(request.headers.get("Accept", ""))
-    body = (stow_response.to_xml if xml else stow_response.to_json)(outcome.response)
+    body = (stow_encoding.to_xml if xml else stow_encoding.to_json)(outcome.response)
     headers: CIMultiDict[str] = CIMultiDict({"X-Request-ID": rid, "Vary": "Accept"})
     for warning in outcome.warnings:
         headers.add("Warning", warning)
@@ -115,15 +115,10 @@ def render(request: web.Request, outcome: Outcome, rid: str) -> web.Response:
 def wants_xml(accept: str) -> bool:
     """True when the best-ranked acceptable STOW response type is XML (RFC 9110 12.5.1)."""
     best = {"xml": 0.0, "json": 0.0 if accept.strip() else 1.0}
-    for item in accept.split(","):
-        media = parse_media_type(item)
-        try:
-            quality = float(media.params.get("q", "1"))
-        except ValueError:
-            continue
+    for media in parse_accept(accept):
         for name, types in (("xml", _XML), ("json", _JSON)):
             if media.main in types:
-                best[name] = max(best[name], quality)
+                best[name] = max(best[name], quality(media))
     return best["xml"] > best["json"]
 
 

@@ -20,7 +20,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.dicomweb.rewrite import Rewriter
-from proxy.dicomweb.stow_response import BatchReport, StowResult, parse, resolve
+from proxy.dicomweb.stow_encoding import parse
+from proxy.dicomweb.stow_response import BatchReport, StowResult, resolve
 from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.settings import Settings
 from proxy.stow.batch import Batch, encode

@@ -30,8 +30,9 @@ from proxy.dicomweb.stow_response import Failed, StowResponse, is_content_reject
 from proxy.settings import Settings
 from proxy.stow.batch import Batch, plan
 from proxy.stow.dead_letter import DeadLetter, new_record
+from proxy.stow.parts import Kind
 from proxy.stow.send import RETRYABLE, Policy, Sender, Sent
-from proxy.stow.spool import Kind, spool
+from proxy.stow.spool import spool
 from proxy.upstream import Upstream
 
 log = logging.getLogger("dicomweb_proxy")

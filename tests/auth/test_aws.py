@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from harness.dicomgen import make_study
-from proxy.auth import aws
+from proxy.auth import aws, sigv4
 from proxy.auth.credentials import Outgoing
 from proxy.cli import main
 from proxy.upstream import Upstream
@@ -149,7 +149,7 @@ async def test_a_tampered_header_or_an_old_date_is_refused(
     frozen = await credentials._current()
     url = URL(origin.url + "/studies")
     request = Outgoing("GET", url, CIMultiDict({"Content-Type": "application/dicom+json"}), None)
-    aws.sign(frozen.sdk, REGION, request, aws.EMPTY_SHA256)
+    sigv4.sign(frozen.sdk, REGION, request, sigv4.EMPTY_SHA256)
     async with aiohttp.ClientSession() as session:
         async with session.get(url, headers=request.headers) as response:
             assert response.status == 200
