@@ -24,8 +24,8 @@ from aiohttp import web
 
 from proxy.errors import NotFound, Unauthorized
 from proxy.settings import Settings
+from proxy.state import ADMIN_TOKEN
 
-ADMIN_TOKEN = web.AppKey("admin_token", str)
 SESSION_COOKIE = "dicomweb_proxy_admin"
 SESSION_SECONDS = 12 * 3600
 

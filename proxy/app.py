@@ -1,7 +1,8 @@
 """``create_app(settings)``: routes, middlewares and the resources they share.
 
 Reads no environment: everything comes from the frozen :class:`Settings`.  Resources
-(the upstream session, the cache, ...) live in ``cleanup_ctx`` under typed AppKeys.
+(the upstream session, the cache, ...) live in ``cleanup_ctx`` under the typed AppKeys
+of :mod:`proxy.state`.
 """
 
 from __future__ import annotations
@@ -14,27 +15,30 @@ from aiohttp import web
 
 from proxy import auth, forward, logs, metrics, status, viewer
 from proxy import exchange as exchanges
-from proxy.admin import ADMIN_TOKEN, load_admin_token
+from proxy.admin import load_admin_token
 from proxy.cache import routes as cache_routes
-from proxy.cache.routes import CACHE
 from proxy.cache.service import Cache
 from proxy.cache.store import Store
 from proxy.dicomweb.uri import Transaction
 from proxy.errors import PROBLEM_JSON, NotFound, ProxyError, ShuttingDown
 from proxy.health import Readiness
 from proxy.settings import Settings
+from proxy.state import (
+    ADMIN_TOKEN,
+    CACHE,
+    INBOUND,
+    METRICS,
+    PARTITIONER,
+    READINESS,
+    SETTINGS,
+    STOPPING,
+    STUDIES_CHANGED,
+    UPSTREAM,
+)
 from proxy.stow import http as stow_http
 from proxy.upstream import Upstream
 
 log = logging.getLogger("dicomweb_proxy")
-
-SETTINGS = web.AppKey("settings", Settings)
-UPSTREAM = web.AppKey("upstream", Upstream)
-READINESS = web.AppKey("readiness", Readiness)
-STOPPING = web.AppKey("stopping", asyncio.Event)
-# Async callbacks told which studies a STOW changed (the cache drops their entries).
-StudiesChanged = Callable[[set[str]], Awaitable[None]]
-STUDIES_CHANGED = web.AppKey("studies_changed", list[StudiesChanged])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -68,8 +72,8 @@ def create_app(settings: Settings) -> web.Application:
         app[ADMIN_TOKEN] = token
     gate = auth.inbound_from(settings)
     if gate is not None:
-        app[auth.INBOUND] = gate
-    app[auth.PARTITIONER] = auth.partitioner_from(settings)
+        app[INBOUND] = gate
+    app[PARTITIONER] = auth.partitioner_from(settings)
     app.cleanup_ctx.append(_upstream_ctx)
     if not settings.no_cache:
         app.cleanup_ctx.append(_cache_ctx)
@@ -103,7 +107,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = Store.open(settings.cache_path, settings.cache_size)
-    cache = Cache(settings, store, app[UPSTREAM], app.get(metrics.METRICS))
+    cache = Cache(settings, store, app[UPSTREAM], app.get(METRICS))
     app[CACHE] = cache
     app[STUDIES_CHANGED].append(cache.studies_changed)
     yield

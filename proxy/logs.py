@@ -31,13 +31,13 @@ from aiohttp.abc import AbstractStreamWriter
 from proxy import exchange as exchanges
 from proxy import metrics
 from proxy.settings import Settings
+from proxy.state import RECENT
 from proxy.upstream import UpstreamObserver
 
 ACCESS = logging.getLogger("dicomweb_proxy.access")
 RECENT_SIZE = 50
 
 AccessRecord = dict[str, Any]
-RECENT = web.AppKey("recent_requests", deque[AccessRecord])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

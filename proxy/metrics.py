@@ -49,6 +49,7 @@ from prometheus_client import (
 )
 
 from proxy.settings import Settings
+from proxy.state import METRICS, METRICS_OWNER
 
 # From a 2 ms metadata hit to a multi-minute study retrieve.
 DURATION_BUCKETS = (
@@ -224,8 +225,6 @@ class Metrics:
         return summed
 
 
-METRICS = web.AppKey("metrics", Metrics)
-
 Target = web.Application | web.Request | Metrics | None
 
 
@@ -359,13 +358,10 @@ def setup(app: web.Application, settings: Settings) -> None:
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus text exposition; no auth (SPEC section 4)."""
-    app = request.app.get(_OWNER, request.app)
+    app = request.app.get(METRICS_OWNER, request.app)
     refresh_cache_gauges(app)
     body = app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-_OWNER = web.AppKey("metrics_owner", web.Application)
 
 
 def _separate_listener(
@@ -381,7 +377,7 @@ def _separate_listener(
 
     async def serve(app: web.Application) -> AsyncIterator[None]:
         metrics_app = web.Application()
-        metrics_app[_OWNER] = app
+        metrics_app[METRICS_OWNER] = app
         metrics_app.router.add_get("/metrics", metrics_endpoint)
         runner = web.AppRunner(metrics_app, access_log=None, keepalive_timeout=client_timeout)
         await runner.setup()

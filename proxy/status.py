@@ -16,9 +16,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from aiohttp import web
 
-from proxy import admin, logs, metrics
+from proxy import admin, metrics
 from proxy.errors import Forbidden, PayloadTooLarge, Unauthorized
 from proxy.settings import format_size
+from proxy.state import ADMIN_TOKEN, METRICS, READINESS, RECENT
 
 _FORM_LIMIT = 4096
 _SECURITY_HEADERS = {
@@ -73,7 +74,7 @@ async def status_page(request: web.Request) -> web.StreamResponse:
 
 async def login(request: web.Request) -> web.StreamResponse:
     """Form sign-in: a right token sets the session cookie (see :mod:`proxy.admin`)."""
-    if not request.app.get(admin.ADMIN_TOKEN):
+    if not request.app.get(ADMIN_TOKEN):
         admin.require_admin(request)  # 404: admin disabled
     form = await _read_form(request)
     if not admin.token_matches(request.app, form.get("token", "")):
@@ -127,7 +128,7 @@ async def _read_form(request: web.Request) -> dict[str, str]:
 
 def _cache_section(app: web.Application) -> str:
     stats = metrics.cache_stats(app)
-    found = app.get(metrics.METRICS)
+    found = app.get(METRICS)
     rows: list[tuple[str, str]] = []
     if stats:
         rows += [
@@ -161,8 +162,6 @@ def _hits_and_misses(
 
 
 async def _upstream_section(app: web.Application) -> str:
-    from proxy.app import READINESS  # late: proxy.app imports this module
-
     rows: list[tuple[str, str]] = []
     readiness = app.get(READINESS)
     if readiness is not None:
@@ -173,7 +172,7 @@ async def _upstream_section(app: web.Application) -> str:
             ("Probe latency", f"{report.get('upstream_latency_ms', '-')} ms"),
             ("Storage", str(report.get("storage", "-"))),
         ]
-    found = app.get(metrics.METRICS)
+    found = app.get(METRICS)
     if found:
         count = found.value("dicomweb_proxy_upstream_duration_seconds_count")
         total = found.value("dicomweb_proxy_upstream_duration_seconds_sum")
@@ -211,7 +210,7 @@ def _actions(entry: Mapping[str, object]) -> Markup:
 
 
 def _recent_section(app: web.Application) -> str:
-    recent = list(app.get(logs.RECENT, ()))[::-1]
+    recent = list(app.get(RECENT, ()))[::-1]
     if not recent:
         return _section("Recent requests", "recent", "<p>None yet.</p>")
     rows = [

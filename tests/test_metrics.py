@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.dicomgen import Study
 from harness.net import free_port, wait_port
 from harness.orthanc import Orthanc
-from proxy import logs, metrics
+from proxy import logs, metrics, state
 from tests.support import ProxyThread, serve_process
 
 
@@ -127,7 +127,7 @@ def orthanc_url(orthanc) -> str:  # type: ignore[no-untyped-def]
 
 def _app_answering(headers: dict[str, str], body: bytes) -> web.Application:
     app = web.Application(middlewares=[logs.access_middleware])
-    app[metrics.METRICS] = metrics.Metrics()
+    app[state.METRICS] = metrics.Metrics()
     logs.setup(app)
 
     async def handler(request: web.Request) -> web.Response:
@@ -148,7 +148,7 @@ async def test_x_cache_header_counts_cache_result(
     client = await aiohttp_client(app)
     response = await client.get("/x")
     assert response.status == 200
-    found = app[metrics.METRICS]
+    found = app[state.METRICS]
     assert found.value("dicomweb_proxy_cache_requests_total", result=result) == 1
     assert found.total("dicomweb_proxy_cache_requests_total") == 1
 
@@ -163,7 +163,7 @@ def test_recording_functions_ignore_an_app_without_metrics() -> None:
 
 def test_stow_and_cache_gauges() -> None:
     app = web.Application()
-    found = app[metrics.METRICS] = metrics.Metrics()
+    found = app[state.METRICS] = metrics.Metrics()
     app[metrics.CACHE_STATS] = lambda: {"entries": 7, "bytes": 4096, "hits": 1, "misses": 2}
     metrics.stow_batch(app, "split")
     metrics.stow_instances(app, "stored", 49)
