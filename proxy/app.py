@@ -66,7 +66,6 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[STOPPING] = asyncio.Event()
     app[STUDIES_CHANGED] = []
-    app[forward.CLIENT_TIMEOUT] = settings.client_timeout
     token = load_admin_token(settings)
     if token:
         app[ADMIN_TOKEN] = token
