@@ -8,7 +8,7 @@ token — never the token itself.  Tokens and cookies are compared in constant t
 never logged or echoed.
 
 What the status page shows of other features comes from providers they register:
-:data:`DEAD_LETTERS` here, ``proxy.metrics.CACHE_STATS`` for the cache.
+:data:`DEAD_LETTERS` here.
 """
 
 from __future__ import annotations

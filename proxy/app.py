@@ -77,7 +77,6 @@ def create_app(settings: Settings) -> web.Application:
     if not settings.no_cache:
         app.cleanup_ctx.append(_cache_ctx)
         cache_routes.add_routes(app)
-        app[metrics.CACHE_STATS] = lambda: app[CACHE].stats()
     app.on_shutdown.append(_mark_stopping)
     app.on_response_prepare.append(_cors_headers)
     app.router.add_get("/healthz", healthz)

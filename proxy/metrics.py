@@ -18,9 +18,8 @@ functions below; each takes the ``web.Application`` (or a request, or a
 ``cache_result`` and ``served_bytes`` are recorded for every client response by the
 access-log middleware (:mod:`proxy.logs`) from its ``X-Cache`` header (SPEC section 3);
 the cache only has to set that header.  ``dicomweb_proxy_cache_bytes`` and
-``..._entries`` are read at scrape time from the optional :data:`CACHE_STATS` provider:
-a callable returning a mapping with ``entries``, ``bytes`` and, for the status page,
-``hits`` and ``misses``.
+``..._entries`` are read at scrape time from the cache's own figures
+(:meth:`~proxy.cache.service.Cache.stats`), when the application has a cache.
 
 Several worker processes (``--workers`` > 1) share their metrics through prometheus
 client's multiprocess mode: the parent calls :func:`reset_multiprocess_dir` once before
@@ -49,7 +48,7 @@ from prometheus_client import (
 )
 
 from proxy.settings import Settings
-from proxy.state import METRICS, METRICS_OWNER
+from proxy.state import CACHE, METRICS, METRICS_OWNER
 
 # From a 2 ms metadata hit to a multi-minute study retrieve.
 DURATION_BUCKETS = (
@@ -78,9 +77,6 @@ INSTANCE_OUTCOMES = ("stored", "failed", "dead_lettered")
 # Complete 200s the cache refused (SPEC section 3): a Content-Type that does not answer
 # the request (a gateway's login page), or a coding the proxy cannot decode.
 NOT_STORED_REASONS = ("unexpected_type", "undecodable")
-
-CacheStats = Callable[[], Mapping[str, int]]
-CACHE_STATS: web.AppKey[CacheStats] = web.AppKey("cache_stats")
 
 
 class Metrics:
@@ -292,9 +288,9 @@ def dead_letter_entries(target: Target, count: int) -> None:
 
 
 def cache_stats(app: web.Application) -> Mapping[str, int]:
-    """The cache's own figures, ``{}`` when no cache registered a provider."""
-    provider = app.get(CACHE_STATS)
-    return provider() if provider else {}
+    """The cache's own figures, ``{}`` without a cache (``--no-cache``)."""
+    cache = app.get(CACHE)
+    return cache.stats() if cache is not None else {}
 
 
 def refresh_cache_gauges(app: web.Application) -> None:

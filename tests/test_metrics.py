@@ -161,10 +161,15 @@ def test_recording_functions_ignore_an_app_without_metrics() -> None:
     metrics.dead_letter_entries(app, 2)  # nothing raised
 
 
+class _CacheFigures:
+    def stats(self) -> dict[str, int]:
+        return {"entries": 7, "bytes": 4096, "hits": 1, "misses": 2}
+
+
 def test_stow_and_cache_gauges() -> None:
     app = web.Application()
     found = app[state.METRICS] = metrics.Metrics()
-    app[metrics.CACHE_STATS] = lambda: {"entries": 7, "bytes": 4096, "hits": 1, "misses": 2}
+    app[state.CACHE] = _CacheFigures()  # type: ignore[assignment]
     metrics.stow_batch(app, "split")
     metrics.stow_instances(app, "stored", 49)
     metrics.dead_letter_entries(app, 2)

@@ -14,7 +14,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from harness.dicomgen import Study
 from harness.orthanc import Orthanc
-from proxy import admin, metrics
+from proxy import admin
+from proxy.state import CACHE
 from tests.support import ProxyThread, make_settings
 
 TOKEN = "status-page-token-8f3a"
@@ -60,11 +61,15 @@ def dead_letters() -> FakeDeadLetters:
 
 @pytest.fixture
 def admin_proxy(
-    orthanc: Orthanc, tmp_path: Path, dead_letters: FakeDeadLetters
+    orthanc: Orthanc, tmp_path: Path, dead_letters: FakeDeadLetters, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ProxyThread]:
-    def register(app: web.Application) -> None:
+    async def fake_figures(app: web.Application) -> None:
+        """After the cleanup_ctx steps: the cache exists, its figures are replaced."""
         stats = {"entries": 1234, "bytes": 5 * 1024**3, "hits": 75, "misses": 25}
-        app[metrics.CACHE_STATS] = lambda: stats
+        monkeypatch.setattr(app[CACHE], "stats", lambda: stats)
+
+    def register(app: web.Application) -> None:
+        app.on_startup.append(fake_figures)
         app[admin.DEAD_LETTERS] = dead_letters
 
     settings = make_settings(orthanc.dicomweb, tmp_path / "proxy", admin_token=TOKEN)
