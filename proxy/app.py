@@ -26,6 +26,7 @@ from proxy.settings import Settings
 from proxy.state import (
     ADMIN_TOKEN,
     CACHE,
+    DEAD_LETTERS,
     INBOUND,
     METRICS,
     PARTITIONER,
@@ -36,6 +37,7 @@ from proxy.state import (
     UPSTREAM,
 )
 from proxy.stow import http as stow_http
+from proxy.stow.service import DeadLetterService
 from proxy.upstream import Upstream
 
 log = logging.getLogger("dicomweb_proxy")
@@ -81,7 +83,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_cors_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    stow_http.add_admin_routes(app, _stow_context)
+    stow_http.add_admin_routes(app)
     metrics.setup(app, settings)
     logs.setup(app)
     status.setup(app)
@@ -94,10 +96,15 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    upstream = Upstream(app[SETTINGS], auth.credentials_from(app[SETTINGS]))
+    settings = app[SETTINGS]
+    upstream = Upstream(settings, auth.credentials_from(settings))
     upstream.observers.append(logs.observe_upstream(app))
     app[UPSTREAM] = upstream
-    app[READINESS] = Readiness(app[SETTINGS], upstream)
+    app[READINESS] = Readiness(settings, upstream)
+    subscribers = app[STUDIES_CHANGED]  # the same list: the cache joins it once open
+    app[DEAD_LETTERS] = DeadLetterService(
+        settings, upstream, studies_changed=subscribers, metrics=app.get(METRICS)
+    )
     yield
     await upstream.close()
 
@@ -129,16 +136,12 @@ async def dicomweb(request: web.Request) -> web.StreamResponse:
     exchange = exchanges.build(request, settings, pass_credentials=passthrough)
     request[exchanges.EXCHANGE] = exchange
     if exchange.resource.transaction is Transaction.STOW:
-        return await stow_http.handle(request, exchange, _stow_context(app))
+        return await stow_http.handle(request, exchange)
     cache = app.get(CACHE)
     policy = cache.policy_for(request, exchange, auth.partition(request)) if cache else None
     if cache is not None and policy is not None:
         return await cache.handle(request, exchange, policy)
     return await forward.forward(request, exchange, app[UPSTREAM], settings.max_body)
-
-
-def _stow_context(app: web.Application) -> stow_http.Context:
-    return stow_http.Context(app[SETTINGS], app[UPSTREAM], app[STUDIES_CHANGED])
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

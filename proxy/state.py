@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from proxy.logs import AccessRecord
     from proxy.metrics import Metrics
     from proxy.settings import Settings
+    from proxy.stow.service import DeadLetterService
     from proxy.upstream import Upstream
     from proxy.viewer import ViewerFiles
 
@@ -46,6 +47,7 @@ VIEWER: web.AppKey[ViewerFiles] = web.AppKey("viewer")
 # -- set by the cleanup_ctx steps, once the application starts -------------------------
 UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+DEAD_LETTERS: web.AppKey[DeadLetterService] = web.AppKey("dead_letters")
 CACHE: web.AppKey[Cache] = web.AppKey("cache")
 
 # The application a ``--metrics-listen`` server reports on (a key of that small server).

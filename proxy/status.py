@@ -19,7 +19,7 @@ from aiohttp import web
 from proxy import admin, metrics
 from proxy.errors import Forbidden, PayloadTooLarge, Unauthorized
 from proxy.settings import format_size
-from proxy.state import ADMIN_TOKEN, METRICS, READINESS, RECENT
+from proxy.state import ADMIN_TOKEN, DEAD_LETTERS, METRICS, READINESS, RECENT
 
 _FORM_LIMIT = 4096
 _SECURITY_HEADERS = {
@@ -93,15 +93,13 @@ async def logout(request: web.Request) -> web.StreamResponse:
 async def dead_letter_action(request: web.Request) -> web.StreamResponse:
     admin.require_admin(request)
     _same_origin(request)
-    store = request.app.get(admin.DEAD_LETTERS)
-    if store is None:
-        raise web.HTTPNotFound()
+    dead_letters = request.app[DEAD_LETTERS]
     entry = request.match_info["entry"]
     if request.match_info["action"] == "drop":
-        await store.drop(entry)
+        await dead_letters.drop(entry)
         done = "dropped"
     else:
-        done = "replayed" if await store.replay(entry) else "replay-failed"
+        done = "replayed" if (await dead_letters.replay(entry)).stored else "replay-failed"
     return _see_other(f"/admin/?done={done}")
 
 
@@ -182,10 +180,7 @@ async def _upstream_section(app: web.Application) -> str:
 
 
 async def _dead_letter_section(app: web.Application) -> str:
-    store = app.get(admin.DEAD_LETTERS)
-    if store is None:
-        return _section("Dead letter", "dead-letter", "<p>not available</p>")
-    entries = await store.entries()
+    entries = await app[DEAD_LETTERS].entries()
     if not entries:
         return _section("Dead letter", "dead-letter", "<p>No entries.</p>")
     columns = ("id", "time", "study", "sop", "status", "reason", "attempts")
