@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from proxy import auth, forward, logs, metrics, status, viewer
+from proxy import auth, forward, logs, metrics_endpoint, status, viewer
 from proxy import exchange as exchanges
 from proxy.admin import load_admin_token
 from proxy.cache import routes as cache_routes
@@ -84,7 +84,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     stow_http.add_admin_routes(app)
-    metrics.setup(app, settings)
+    metrics_endpoint.setup(app, settings)
     logs.setup(app)
     status.setup(app)
     base = settings.base_path
