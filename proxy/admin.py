@@ -6,9 +6,6 @@ browser signs in once through the status page's form and then carries a session
 cookie (HttpOnly, SameSite=Strict) holding an expiry and an HMAC of it keyed by the
 token — never the token itself.  Tokens and cookies are compared in constant time and
 never logged or echoed.
-
-What the status page shows of other features comes from providers they register:
-:data:`DEAD_LETTERS` here, ``proxy.metrics.CACHE_STATS`` for the cache.
 """
 
 from __future__ import annotations
@@ -16,36 +13,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
 from aiohttp import web
 
 from proxy.errors import NotFound, Unauthorized
 from proxy.settings import Settings
+from proxy.state import ADMIN_TOKEN
 
-ADMIN_TOKEN = web.AppKey("admin_token", str)
 SESSION_COOKIE = "dicomweb_proxy_admin"
 SESSION_SECONDS = 12 * 3600
-
-
-class DeadLetterView(Protocol):
-    """What the status page needs of the dead-letter store (registered by STOW)."""
-
-    async def entries(self) -> Sequence[Mapping[str, object]]:
-        """Every entry's record: ``id``, ``time``, ``study``/``series``/``sop`` UIDs,
-        ``status``, ``reason``, ``attempts``, ``request_id`` (missing keys show as -)."""
-        ...
-
-    async def replay(self, entry_id: str) -> bool:
-        """Send the instance upstream again; True when it was stored (entry removed)."""
-        ...
-
-    async def drop(self, entry_id: str) -> None: ...
-
-
-DEAD_LETTERS: web.AppKey[DeadLetterView] = web.AppKey("dead_letters")
 
 
 def load_admin_token(settings: Settings) -> str | None:

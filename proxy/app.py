@@ -1,7 +1,8 @@
 """``create_app(settings)``: routes, middlewares and the resources they share.
 
 Reads no environment: everything comes from the frozen :class:`Settings`.  Resources
-(the upstream session, the cache, ...) live in ``cleanup_ctx`` under typed AppKeys.
+(the upstream session, the cache, ...) live in ``cleanup_ctx`` under the typed AppKeys
+of :mod:`proxy.state`.
 """
 
 from __future__ import annotations
@@ -12,30 +13,36 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from proxy import auth, forward, logs, metrics, server, status, viewer
+from proxy import auth, forward, logs, metrics_endpoint, status, viewer
 from proxy import exchange as exchanges
-from proxy.admin import ADMIN_TOKEN, load_admin_token
+from proxy.admin import load_admin_token
 from proxy.cache import routes as cache_routes
 from proxy.cache.express import Lane
-from proxy.cache.routes import CACHE
 from proxy.cache.service import Cache
 from proxy.cache.store import Store
 from proxy.dicomweb.uri import Transaction
 from proxy.errors import PROBLEM_JSON, NotFound, ProxyError, ShuttingDown
 from proxy.health import Readiness
 from proxy.settings import Settings
+from proxy.state import (
+    ADMIN_TOKEN,
+    CACHE,
+    DEAD_LETTERS,
+    EXPRESS,
+    INBOUND,
+    METRICS,
+    PARTITIONER,
+    READINESS,
+    SETTINGS,
+    STOPPING,
+    STUDIES_CHANGED,
+    UPSTREAM,
+)
 from proxy.stow import http as stow_http
+from proxy.stow.service import DeadLetterService
 from proxy.upstream import Upstream
 
 log = logging.getLogger("dicomweb_proxy")
-
-SETTINGS = web.AppKey("settings", Settings)
-UPSTREAM = web.AppKey("upstream", Upstream)
-READINESS = web.AppKey("readiness", Readiness)
-STOPPING = web.AppKey("stopping", asyncio.Event)
-# Async callbacks told which studies a STOW changed (the cache drops their entries).
-StudiesChanged = Callable[[set[str]], Awaitable[None]]
-STUDIES_CHANGED = web.AppKey("studies_changed", list[StudiesChanged])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -63,25 +70,23 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[STOPPING] = asyncio.Event()
     app[STUDIES_CHANGED] = []
-    app[forward.CLIENT_TIMEOUT] = settings.client_timeout
     token = load_admin_token(settings)
     if token:
         app[ADMIN_TOKEN] = token
     gate = auth.inbound_from(settings)
     if gate is not None:
-        app[auth.INBOUND] = gate
-    app[auth.PARTITIONER] = auth.partitioner_from(settings)
+        app[INBOUND] = gate
+    app[PARTITIONER] = auth.partitioner_from(settings)
     app.cleanup_ctx.append(_upstream_ctx)
     if not settings.no_cache:
         app.cleanup_ctx.append(_cache_ctx)
         cache_routes.add_routes(app)
-        app[metrics.CACHE_STATS] = lambda: app[CACHE].stats()
     app.on_shutdown.append(_mark_stopping)
     app.on_response_prepare.append(_cors_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    stow_http.add_admin_routes(app, _stow_context)
-    metrics.setup(app, settings)
+    stow_http.add_admin_routes(app)
+    metrics_endpoint.setup(app, settings)
     logs.setup(app)
     status.setup(app)
     base = settings.base_path
@@ -93,10 +98,15 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    upstream = Upstream(app[SETTINGS], auth.credentials_from(app[SETTINGS]))
+    settings = app[SETTINGS]
+    upstream = Upstream(settings, auth.credentials_from(settings))
     upstream.observers.append(logs.observe_upstream(app))
     app[UPSTREAM] = upstream
-    app[READINESS] = Readiness(app[SETTINGS], upstream)
+    app[READINESS] = Readiness(settings, upstream)
+    subscribers = app[STUDIES_CHANGED]  # the same list: the cache joins it once open
+    app[DEAD_LETTERS] = DeadLetterService(
+        settings, upstream, studies_changed=subscribers, metrics=app.get(METRICS)
+    )
     yield
     await upstream.close()
 
@@ -104,11 +114,11 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = Store.open(settings.cache_path, settings.cache_size)
-    cache = Cache(settings, store, app[UPSTREAM], app.get(metrics.METRICS))
+    cache = Cache(settings, store, app[UPSTREAM], app.get(METRICS))
     app[CACHE] = cache
     app[STUDIES_CHANGED].append(cache.studies_changed)
     if _express_allowed(app):
-        cache.express = app[server.EXPRESS] = Lane(cache.fresh_hit, cache.results)
+        cache.express = app[EXPRESS] = Lane(cache.fresh_hit, cache.results)
     yield
     await cache.close()
 
@@ -116,12 +126,12 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
 def _express_allowed(app: web.Application) -> bool:
     """The express lane answers without the inbound check: only when there is none.
     (With ``passthrough``, a request carrying credentials is never one it answers.)"""
-    return not app[SETTINGS].no_express and auth.INBOUND not in app
+    return not app[SETTINGS].no_express and INBOUND not in app
 
 
 async def _mark_stopping(app: web.Application) -> None:
     app[STOPPING].set()
-    lane = app.get(server.EXPRESS)
+    lane = app.get(EXPRESS)
     if lane is not None:
         lane.close()
 
@@ -139,16 +149,12 @@ async def dicomweb(request: web.Request) -> web.StreamResponse:
     exchange = exchanges.build(request, settings, pass_credentials=passthrough)
     request[exchanges.EXCHANGE] = exchange
     if exchange.resource.transaction is Transaction.STOW:
-        return await stow_http.handle(request, exchange, _stow_context(app))
+        return await stow_http.handle(request, exchange)
     cache = app.get(CACHE)
     policy = cache.policy_for(request, exchange, auth.partition(request)) if cache else None
     if cache is not None and policy is not None:
         return await cache.handle(request, exchange, policy)
     return await forward.forward(request, exchange, app[UPSTREAM], settings.max_body)
-
-
-def _stow_context(app: web.Application) -> stow_http.Context:
-    return stow_http.Context(app[SETTINGS], app[UPSTREAM], app[STUDIES_CHANGED])
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

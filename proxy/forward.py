@@ -25,14 +25,13 @@ from proxy.dicomweb.rewrite import (
 )
 from proxy.errors import PayloadTooLarge, ProxyError, RequestTimeout, UpstreamError
 from proxy.exchange import Exchange
+from proxy.state import SETTINGS
 from proxy.upstream import CHUNK, Upstream, body_headers, iter_body
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 REWRITE = web.ResponseKey("rewrite", bool)
 # The boundary of a multipart body whose part headers are rewritten on the way.
 PARTS = web.ResponseKey("parts", str)
-# --client-timeout, set by create_app: how long a request body may pause.
-CLIENT_TIMEOUT = web.AppKey("client_timeout", float)
 
 
 def request_body(request: web.Request, max_body: int) -> ClientBody | None:
@@ -71,7 +70,7 @@ class ClientBody:
 
     async def _bounded(self) -> AsyncIterator[bytes]:
         seen, max_body = 0, self._max_body
-        idle = self._request.app.get(CLIENT_TIMEOUT)
+        idle = self._request.app[SETTINGS].client_timeout
         while True:
             try:
                 async with asyncio.timeout(idle):

@@ -32,13 +32,13 @@ from proxy import exchange as exchanges
 from proxy import metrics
 from proxy.cache.express import Answer
 from proxy.settings import Settings
+from proxy.state import RECENT
 from proxy.upstream import UpstreamObserver
 
 ACCESS = logging.getLogger("dicomweb_proxy.access")
 RECENT_SIZE = 50
 
 AccessRecord = dict[str, Any]
-RECENT = web.AppKey("recent_requests", deque[AccessRecord])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -1,7 +1,7 @@
 """Prometheus metrics (SPEC section 6), one :class:`Metrics` per application.
 
 Every application gets its own :class:`~prometheus_client.CollectorRegistry` under the
-:data:`METRICS` AppKey — never the process-global default registry, so tests can build
+:data:`proxy.state.METRICS` AppKey — never the process-global default registry, so tests can build
 many applications in one process.  Other modules record through the small typed
 functions below; each takes the ``web.Application`` (or a request, or a
 :class:`Metrics`) and does nothing when the application has no metrics::
@@ -18,37 +18,25 @@ functions below; each takes the ``web.Application`` (or a request, or a
 ``cache_result`` and ``served_bytes`` are recorded for every client response by the
 access-log middleware (:mod:`proxy.logs`) from its ``X-Cache`` header (SPEC section 3);
 the cache only has to set that header.  ``dicomweb_proxy_cache_bytes`` and
-``..._entries`` are read at scrape time from the optional :data:`CACHE_STATS` provider:
-a callable returning a mapping with ``entries``, ``bytes`` and, for the status page,
-``hits`` and ``misses``.
+``..._entries`` are read at scrape time from the cache's own figures
+(:meth:`~proxy.cache.service.Cache.stats`), when the application has a cache.
 
-Several worker processes (``--workers`` > 1) share their metrics through prometheus
-client's multiprocess mode: the parent calls :func:`reset_multiprocess_dir` once before
-starting workers, and each worker builds its ``Metrics(multiprocess_dir=...)``; a scrape
-of any worker then returns the sum over all of them.
+With ``--workers`` > 1 a worker builds its ``Metrics(multiprocess_dir=...)`` and a
+scrape of any worker returns the sum over all of them (:mod:`proxy.metrics_multiprocess`).
+``/metrics`` itself is served by :mod:`proxy.metrics_endpoint`.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-    values,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from proxy.settings import Settings
+from proxy.metrics_multiprocess import read_multiprocess, use_multiprocess
+from proxy.state import CACHE, METRICS
 
 # From a 2 ms metadata hit to a multi-minute study retrieve.
 DURATION_BUCKETS = (
@@ -77,9 +65,6 @@ INSTANCE_OUTCOMES = ("stored", "failed", "dead_lettered")
 # Complete 200s the cache refused (SPEC section 3): a Content-Type that does not answer
 # the request (a gateway's login page), or a coding the proxy cannot decode.
 NOT_STORED_REASONS = ("unexpected_type", "undecodable")
-
-CacheStats = Callable[[], Mapping[str, int]]
-CACHE_STATS: web.AppKey[CacheStats] = web.AppKey("cache_stats")
 
 
 class Metrics:
@@ -224,8 +209,6 @@ class Metrics:
         return summed
 
 
-METRICS = web.AppKey("metrics", Metrics)
-
 Target = web.Application | web.Request | Metrics | None
 
 
@@ -293,101 +276,6 @@ def dead_letter_entries(target: Target, count: int) -> None:
 
 
 def cache_stats(app: web.Application) -> Mapping[str, int]:
-    """The cache's own figures, ``{}`` when no cache registered a provider."""
-    provider = app.get(CACHE_STATS)
-    return provider() if provider else {}
-
-
-def refresh_cache_gauges(app: web.Application) -> None:
-    found = app.get(METRICS)
-    stats = cache_stats(app)
-    if found and stats:
-        found.cache_bytes.set(stats.get("bytes", 0))
-        found.cache_entries.set(stats.get("entries", 0))
-
-
-# -- multiprocess mode ----------------------------------------------------------------
-
-
-def multiprocess_dir(settings: Settings) -> Path | None:
-    """Where workers share their metrics: ``<data-dir>/metrics`` with ``--workers`` > 1."""
-    return Path(settings.data_dir) / "metrics" if settings.workers > 1 else None
-
-
-def reset_multiprocess_dir(directory: Path) -> None:
-    """Start-up, in the parent, before any worker: stale files would add old counts."""
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-
-
-def read_multiprocess(directory: Path) -> CollectorRegistry:
-    """Every worker's metrics, summed (gauges: the most recent value)."""
-    merged = CollectorRegistry()
-    multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]  # untyped upstream
-        merged, path=str(directory)
-    )
-    return merged
-
-
-def use_multiprocess(directory: Path) -> None:
-    """Make metrics created from now on in this process write to ``directory``.
-
-    prometheus-client picks its value class from ``PROMETHEUS_MULTIPROC_DIR`` when it
-    is first imported; a worker switches after the fact, before creating any metric.
-    """
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == str(directory):
-        return
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-
-
-# -- wiring ---------------------------------------------------------------------------
-
-
-def setup(app: web.Application, settings: Settings) -> None:
-    """Create the app's metrics and serve ``/metrics`` (main port or ``--metrics-listen``)."""
-    app[METRICS] = Metrics(multiprocess_dir(settings))
-    if settings.metrics_listen:
-        app.cleanup_ctx.append(
-            _separate_listener(
-                settings.metrics_listen, settings.workers > 1, settings.client_timeout
-            )
-        )
-    else:
-        app.router.add_get("/metrics", metrics_endpoint)
-
-
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    """Prometheus text exposition; no auth (SPEC section 4)."""
-    app = request.app.get(_OWNER, request.app)
-    refresh_cache_gauges(app)
-    body = app[METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-_OWNER = web.AppKey("metrics_owner", web.Application)
-
-
-def _separate_listener(
-    listen: str, reuse_port: bool, client_timeout: float
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """``--metrics-listen``: a second small server that serves ``/metrics`` only.
-
-    A runner of its own (rather than a second site of the main one) keeps DICOMweb off
-    the metrics port.  Workers share the port with ``SO_REUSEPORT`` like the main one.
-    ``--client-timeout`` bounds slow clients here too (see ``create_app``).
-    """
-    host, _, port = listen.rpartition(":")
-
-    async def serve(app: web.Application) -> AsyncIterator[None]:
-        metrics_app = web.Application()
-        metrics_app[_OWNER] = app
-        metrics_app.router.add_get("/metrics", metrics_endpoint)
-        runner = web.AppRunner(metrics_app, access_log=None, keepalive_timeout=client_timeout)
-        await runner.setup()
-        site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_port=reuse_port or None)
-        await site.start()
-        yield
-        await runner.cleanup()
-
-    return serve
+    """The cache's own figures, ``{}`` without a cache (``--no-cache``)."""
+    cache = app.get(CACHE)
+    return cache.stats() if cache is not None else {}

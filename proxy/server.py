@@ -40,8 +40,7 @@ from proxy import logs
 from proxy.cache import express
 from proxy.cache.express import Answer, Lane
 from proxy.cache.stored import send_more, sendfile_now, socket_if_idle
-
-EXPRESS = web.AppKey("express", Lane)
+from proxy.state import EXPRESS
 
 
 class Connection(web_protocol.RequestHandler):

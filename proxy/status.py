@@ -4,32 +4,35 @@ Shows the cache (size, entries, hit ratio), bytes served from the cache and from
 upstream, upstream health and latency, the last requests (query values already
 removed by :mod:`proxy.logs`) and the dead-letter entries with replay/drop buttons.
 Behind :func:`proxy.admin.require_admin`; a browser signs in with the admin token
-through a form that sets a session cookie.  Every value is HTML-escaped.
+through a form that sets a session cookie.  Every value is HTML-escaped (the builders
+of :mod:`proxy.status_html`).
 """
 
 from __future__ import annotations
 
-import html
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 
 from aiohttp import web
 
-from proxy import admin, logs, metrics
+from proxy import admin, metrics
 from proxy.errors import Forbidden, PayloadTooLarge, Unauthorized
 from proxy.settings import format_size
+from proxy.state import ADMIN_TOKEN, DEAD_LETTERS, METRICS, READINESS, RECENT
+from proxy.status_html import (
+    Markup,
+    escape,
+    html_response,
+    login_form,
+    page,
+    section,
+    table,
+    table_rows,
+)
 from proxy.streams import read_at_most
 
 _FORM_LIMIT = 4096
-_SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
 _NOTICES = {
     "replayed": "Replayed: the instance was stored upstream.",
     "replay-failed": "Replay failed: the entry stays in the dead-letter store.",
@@ -61,7 +64,7 @@ async def status_page(request: web.Request) -> web.StreamResponse:
     try:
         admin.require_admin(request)
     except Unauthorized:
-        return _html(login_form(), status=401)
+        return html_response(login_form(), status=401)
     sections = [
         _notice(request.query.get("done", "")),
         _cache_section(request.app),
@@ -69,16 +72,16 @@ async def status_page(request: web.Request) -> web.StreamResponse:
         await _dead_letter_section(request.app),
         _recent_section(request.app),
     ]
-    return _html(_page("dicomweb-proxy status", "".join(sections), signed_in=True))
+    return html_response(page("dicomweb-proxy status", "".join(sections), signed_in=True))
 
 
 async def login(request: web.Request) -> web.StreamResponse:
     """Form sign-in: a right token sets the session cookie (see :mod:`proxy.admin`)."""
-    if not request.app.get(admin.ADMIN_TOKEN):
+    if not request.app.get(ADMIN_TOKEN):
         admin.require_admin(request)  # 404: admin disabled
     form = await _read_form(request)
     if not admin.token_matches(request.app, form.get("token", "")):
-        return _html(login_form(error="That token is not valid."), status=401)
+        return html_response(login_form(error="That token is not valid."), status=401)
     response = _see_other("/admin/")
     admin.start_session(request, response)
     return response
@@ -93,15 +96,13 @@ async def logout(request: web.Request) -> web.StreamResponse:
 async def dead_letter_action(request: web.Request) -> web.StreamResponse:
     admin.require_admin(request)
     _same_origin(request)
-    store = request.app.get(admin.DEAD_LETTERS)
-    if store is None:
-        raise web.HTTPNotFound()
+    dead_letters = request.app[DEAD_LETTERS]
     entry = request.match_info["entry"]
     if request.match_info["action"] == "drop":
-        await store.drop(entry)
+        await dead_letters.drop(entry)
         done = "dropped"
     else:
-        done = "replayed" if await store.replay(entry) else "replay-failed"
+        done = "replayed" if (await dead_letters.replay(entry)).stored else "replay-failed"
     return _see_other(f"/admin/?done={done}")
 
 
@@ -126,7 +127,7 @@ async def _read_form(request: web.Request) -> dict[str, str]:
 
 def _cache_section(app: web.Application) -> str:
     stats = metrics.cache_stats(app)
-    found = app.get(metrics.METRICS)
+    found = app.get(METRICS)
     rows: list[tuple[str, str]] = []
     if stats:
         rows += [
@@ -144,7 +145,7 @@ def _cache_section(app: web.Application) -> str:
             ("Served from cache", format_size(from_cache)),
             ("Served from upstream", format_size(upstream)),
         ]
-    return _section("Cache", "cache", _table_rows(rows))
+    return section("Cache", "cache", table_rows(rows))
 
 
 def _hits_and_misses(
@@ -160,8 +161,6 @@ def _hits_and_misses(
 
 
 async def _upstream_section(app: web.Application) -> str:
-    from proxy.app import READINESS  # late: proxy.app imports this module
-
     rows: list[tuple[str, str]] = []
     readiness = app.get(READINESS)
     if readiness is not None:
@@ -172,30 +171,25 @@ async def _upstream_section(app: web.Application) -> str:
             ("Probe latency", f"{report.get('upstream_latency_ms', '-')} ms"),
             ("Storage", str(report.get("storage", "-"))),
         ]
-    found = app.get(metrics.METRICS)
+    found = app.get(METRICS)
     if found:
         count = found.value("dicomweb_proxy_upstream_duration_seconds_count")
         total = found.value("dicomweb_proxy_upstream_duration_seconds_sum")
         mean = f"{total / count * 1000:.1f} ms" if count else "-"
         rows += [("Upstream requests", f"{count:,.0f}"), ("Mean time to first byte", mean)]
-    return _section("Upstream", "upstream", _table_rows(rows))
+    return section("Upstream", "upstream", table_rows(rows))
 
 
 async def _dead_letter_section(app: web.Application) -> str:
-    store = app.get(admin.DEAD_LETTERS)
-    if store is None:
-        return _section("Dead letter", "dead-letter", "<p>not available</p>")
-    entries = await store.entries()
+    entries = await app[DEAD_LETTERS].entries()
     if not entries:
-        return _section("Dead letter", "dead-letter", "<p>No entries.</p>")
+        return section("Dead letter", "dead-letter", "<p>No entries.</p>")
     columns = ("id", "time", "study", "sop", "status", "reason", "attempts")
     rows: list[list[str]] = [
         [*(_cell(entry, key) for key in columns), _actions(entry)] for entry in entries
     ]
-    table = _table(
-        ["Id", "Time", "Study", "SOP Instance", "Status", "Reason", "Attempts", ""], rows
-    )
-    return _section("Dead letter", "dead-letter", table)
+    headers = ["Id", "Time", "Study", "SOP Instance", "Status", "Reason", "Attempts", ""]
+    return section("Dead letter", "dead-letter", table(headers, rows))
 
 
 def _actions(entry: Mapping[str, object]) -> Markup:
@@ -203,16 +197,16 @@ def _actions(entry: Mapping[str, object]) -> Markup:
     buttons = []
     for action, label in (("replay", "Replay"), ("drop", "Drop")):
         buttons.append(
-            f'<form method="post" action="/admin/ui/dead-letter/{_e(quoted)}/{action}">'
+            f'<form method="post" action="/admin/ui/dead-letter/{escape(quoted)}/{action}">'
             f'<button type="submit" name="{action}">{label}</button></form>'
         )
     return Markup("".join(buttons))
 
 
 def _recent_section(app: web.Application) -> str:
-    recent = list(app.get(logs.RECENT, ()))[::-1]
+    recent = list(app.get(RECENT, ()))[::-1]
     if not recent:
-        return _section("Recent requests", "recent", "<p>None yet.</p>")
+        return section("Recent requests", "recent", "<p>None yet.</p>")
     rows = [
         [
             time.strftime("%H:%M:%S", time.localtime(record["time"])),
@@ -228,27 +222,7 @@ def _recent_section(app: web.Application) -> str:
         for record in recent
     ]
     headers = ["Time", "Method", "Path", "Status", "Bytes", "Duration", "Cache", "Upstream", "Id"]
-    return _section("Recent requests", "recent", _table(headers, rows))
-
-
-# -- HTML -----------------------------------------------------------------------------
-
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
-table{border-collapse:collapse;margin-bottom:1.5rem}
-th,td{border-bottom:1px solid #ddd;padding:.25rem .6rem;text-align:left;font-size:.9rem}
-th{background:#f3f3f3} td.n{text-align:right} form{display:inline}
-.notice{background:#eef6ee;padding:.5rem;border-left:4px solid #4a4}
-.error{background:#fbeaea;padding:.5rem;border-left:4px solid #c44}
-"""
-
-
-class Markup(str):
-    """HTML built here from escaped parts; table cells of this type are not escaped."""
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    return section("Recent requests", "recent", table(headers, rows))
 
 
 def _cell(entry: Mapping[str, object], key: str) -> str:
@@ -256,66 +230,9 @@ def _cell(entry: Mapping[str, object], key: str) -> str:
     return "-" if value is None else str(value)
 
 
-def _page(title: str, body: str, *, signed_in: bool = False) -> str:
-    logout_form = (
-        '<form method="post" action="/admin/logout"><button>Sign out</button></form>'
-        if signed_in
-        else ""
-    )
-    return (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{_STYLE}</style></head>"
-        f'<body><h1>{_e(title)}</h1><p><a href="/admin/">Refresh</a> {logout_form}</p>'
-        f"{body}</body></html>"
-    )
-
-
-def login_form(error: str = "") -> str:
-    message = f'<p class="error">{_e(error)}</p>' if error else ""
-    form = (
-        f'{message}<form method="post" action="/admin/login">'
-        '<label for="token">Admin token</label> '
-        '<input id="token" name="token" type="password" autocomplete="current-password" '
-        'required autofocus> <button type="submit">Sign in</button></form>'
-    )
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>dicomweb-proxy admin</title><style>{_STYLE}</style></head>"
-        f"<body><h1>dicomweb-proxy admin</h1>{form}</body></html>"
-    )
-
-
 def _notice(code: str) -> str:
     text = _NOTICES.get(code)
-    return f'<p class="notice">{_e(text)}</p>' if text else ""
-
-
-def _section(title: str, anchor: str, content: str) -> str:
-    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{content}</section>'
-
-
-def _table_rows(rows: Iterable[tuple[str, str]]) -> str:
-    body = "".join(f"<tr><th>{_e(key)}</th><td>{_e(value)}</td></tr>" for key, value in rows)
-    return f"<table>{body}</table>"
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A table of escaped cells; :class:`Markup` cells (built here) stay HTML."""
-    head = "".join(f"<th>{_e(name)}</th>" for name in headers)
-    lines = []
-    for row in rows:
-        cells = "".join(
-            f"<td>{cell}</td>" if isinstance(cell, Markup) else f"<td>{_e(cell)}</td>"
-            for cell in row
-        )
-        lines.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(lines)}</table>"
-
-
-def _html(body: str, *, status: int = 200) -> web.Response:
-    return web.Response(
-        text=body, status=status, content_type="text/html", headers=_SECURITY_HEADERS
-    )
+    return f'<p class="notice">{escape(text)}</p>' if text else ""
 
 
 def hit_ratio(hits: float, misses: float) -> str:

@@ -37,6 +37,7 @@ from proxy.dicomweb.uri import InvalidPath, check_path
 from proxy.errors import BadRequest, NotFound
 from proxy.exchange import public_base
 from proxy.settings import Settings
+from proxy.state import VIEWER
 
 PREFIX = "/viewer"
 
@@ -109,9 +110,6 @@ class ViewerFiles:
         if body == original:
             return None
         return body, f'"{hashlib.sha256(body).hexdigest()[:32]}"'
-
-
-VIEWER = web.AppKey("viewer", ViewerFiles)
 
 
 def add_routes(app: web.Application, settings: Settings, root: str) -> None:

@@ -22,7 +22,7 @@ import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from proxy import malloc, metrics, server
+from proxy import malloc, metrics_multiprocess, server
 from proxy.app import create_app
 from proxy.cache.store import Store
 from proxy.settings import Settings
@@ -35,9 +35,9 @@ def remove_leftovers(settings: Settings) -> None:
     """Step 1: partial fills and spooled uploads of a process that was killed."""
     Store.remove_leftovers(settings.cache_path)
     shutil.rmtree(settings.spool_path, ignore_errors=True)
-    shared_metrics = metrics.multiprocess_dir(settings)
+    shared_metrics = metrics_multiprocess.multiprocess_dir(settings)
     if shared_metrics is not None:
-        metrics.reset_multiprocess_dir(shared_metrics)
+        metrics_multiprocess.reset_multiprocess_dir(shared_metrics)
 
 
 def serve_one(settings: Settings, *, reuse_port: bool = False) -> None:

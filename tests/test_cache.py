@@ -301,7 +301,7 @@ async def settle(client: TestClient[Any, Any]) -> None:
 
 
 def cache_key() -> Any:
-    from proxy.cache.routes import CACHE
+    from proxy.state import CACHE
 
     return CACHE
 

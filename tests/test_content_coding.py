@@ -41,10 +41,9 @@ from multidict import CIMultiDictProxy
 from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
 from proxy.app import create_app
-from proxy.cache.routes import CACHE
 from proxy.dicomweb.coding import DECODERS
 from proxy.dicomweb.media import parse_media_type
-from proxy.metrics import METRICS
+from proxy.state import CACHE, METRICS
 from tests.codings import (
     FOREIGN,
     INSTANCE_TYPE,

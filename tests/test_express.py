@@ -15,11 +15,10 @@ import requests
 
 from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
-from proxy import server
 from proxy.cache.express import Answer, Candidate, Lane, candidate, parse
 from proxy.cache.policy import Lifetime, Policy
 from proxy.cache.store import Hit, Meta
-from proxy.metrics import METRICS
+from proxy.state import EXPRESS, METRICS
 from tests.support import ProxyThread
 
 INSTANCE = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -253,7 +252,7 @@ def _instance(proxy: ProxyThread, study: Study, index: int = 0) -> str:
 
 def _lane(proxy: ProxyThread) -> Lane:
     assert proxy.app is not None
-    return proxy.app[server.EXPRESS]
+    return proxy.app[EXPRESS]
 
 
 Response = tuple[str, dict[str, str], bytes]
@@ -484,11 +483,11 @@ def test_no_express_and_inbound_checks_keep_every_request_in_aiohttp(
     orthanc: Orthanc, start_proxy: Callable[..., ProxyThread], tmp_path: Path
 ) -> None:
     off = start_proxy(orthanc.dicomweb, no_express=True)
-    assert off.app is not None and server.EXPRESS not in off.app
+    assert off.app is not None and EXPRESS not in off.app
     tokens = tmp_path / "tokens"
     tokens.write_text("secret-token\n")
     gated = start_proxy(orthanc.dicomweb, inbound_auth="bearer", inbound_tokens_file=str(tokens))
-    assert gated.app is not None and server.EXPRESS not in gated.app
+    assert gated.app is not None and EXPRESS not in gated.app
     target = f"{gated.settings.base_path}/studies"
     connection = Client(gated.settings.listen_port)
     for _ in range(3):

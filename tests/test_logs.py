@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from harness.dicomgen import Study
 from harness.net import free_port
 from harness.orthanc import Orthanc
-from proxy import logs, metrics
+from proxy import logs, metrics, state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ async def test_ring_buffer_keeps_the_last_records(
     aiohttp_client: Callable[..., TestClient],
 ) -> None:
     app = web.Application(middlewares=[logs.access_middleware])
-    app[metrics.METRICS] = metrics.Metrics()
+    app[state.METRICS] = metrics.Metrics()
     logs.setup(app)
 
     async def handler(request: web.Request) -> web.Response:
@@ -76,7 +76,7 @@ async def test_ring_buffer_keeps_the_last_records(
     client = await aiohttp_client(app)
     for number in range(logs.RECENT_SIZE + 5):
         await client.get(f"/x?n={number}", headers={"X-Request-ID": f"r{number}"})
-    recent = list(app[logs.RECENT])
+    recent = list(app[state.RECENT])
     assert len(recent) == logs.RECENT_SIZE
     assert recent[-1]["request_id"] == f"r{logs.RECENT_SIZE + 4}"
     assert recent[-1]["path"] == "/x?n="
@@ -208,9 +208,9 @@ async def test_client_gone_mid_body_is_logged_as_499(
     writer.close()
     await writer.wait_closed()
     for _ in range(1000):
-        if app[logs.RECENT]:
+        if app[state.RECENT]:
             break
         await asyncio.sleep(0.01)
-    (record,) = app[logs.RECENT]
+    (record,) = app[state.RECENT]
     assert record["status"] == 499
     assert record["path"] == "/slow?PatientName="

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.dicomgen import Study
 from harness.net import free_port, wait_port
 from harness.orthanc import Orthanc
-from proxy import logs, metrics
+from proxy import logs, metrics, metrics_endpoint, metrics_multiprocess, state
 from tests.support import ProxyThread, serve_process
 
 
@@ -127,7 +127,7 @@ def orthanc_url(orthanc) -> str:  # type: ignore[no-untyped-def]
 
 def _app_answering(headers: dict[str, str], body: bytes) -> web.Application:
     app = web.Application(middlewares=[logs.access_middleware])
-    app[metrics.METRICS] = metrics.Metrics()
+    app[state.METRICS] = metrics.Metrics()
     logs.setup(app)
 
     async def handler(request: web.Request) -> web.Response:
@@ -148,7 +148,7 @@ async def test_x_cache_header_counts_cache_result(
     client = await aiohttp_client(app)
     response = await client.get("/x")
     assert response.status == 200
-    found = app[metrics.METRICS]
+    found = app[state.METRICS]
     assert found.value("dicomweb_proxy_cache_requests_total", result=result) == 1
     assert found.total("dicomweb_proxy_cache_requests_total") == 1
 
@@ -161,14 +161,19 @@ def test_recording_functions_ignore_an_app_without_metrics() -> None:
     metrics.dead_letter_entries(app, 2)  # nothing raised
 
 
+class _CacheFigures:
+    def stats(self) -> dict[str, int]:
+        return {"entries": 7, "bytes": 4096, "hits": 1, "misses": 2}
+
+
 def test_stow_and_cache_gauges() -> None:
     app = web.Application()
-    found = app[metrics.METRICS] = metrics.Metrics()
-    app[metrics.CACHE_STATS] = lambda: {"entries": 7, "bytes": 4096, "hits": 1, "misses": 2}
+    found = app[state.METRICS] = metrics.Metrics()
+    app[state.CACHE] = _CacheFigures()  # type: ignore[assignment]
     metrics.stow_batch(app, "split")
     metrics.stow_instances(app, "stored", 49)
     metrics.dead_letter_entries(app, 2)
-    metrics.refresh_cache_gauges(app)
+    metrics_endpoint.refresh_cache_gauges(app)
     assert found.value("dicomweb_proxy_stow_batches_total", outcome="split") == 1
     assert found.value("dicomweb_proxy_stow_instances_total", outcome="stored") == 49
     assert found.value("dicomweb_proxy_dead_letter_entries") == 2
@@ -191,7 +196,7 @@ def test_workers_share_metrics_through_the_multiprocess_dir(tmp_path: Path) -> N
     directory = tmp_path / "metrics"
     directory.mkdir()
     (directory / "counter_99999.db").write_bytes(b"stale from a previous run")
-    metrics.reset_multiprocess_dir(directory)
+    metrics_multiprocess.reset_multiprocess_dir(directory)
     assert list(directory.iterdir()) == []
 
     context = multiprocessing.get_context("spawn")
@@ -201,7 +206,7 @@ def test_workers_share_metrics_through_the_multiprocess_dir(tmp_path: Path) -> N
         process.join(60)
         assert process.exitcode == 0
 
-    merged = metrics.read_multiprocess(directory)
+    merged = metrics_multiprocess.read_multiprocess(directory)
     labels = {"transaction": "wado", "method": "GET", "status": "200"}
     assert merged.get_sample_value("dicomweb_proxy_requests_total", labels) == 5
     histogram = "dicomweb_proxy_request_duration_seconds_count"
@@ -213,9 +218,9 @@ def test_multiprocess_dir_only_with_several_workers(tmp_path: Path) -> None:
     from tests.support import make_settings
 
     one = make_settings("http://127.0.0.1:1/dicom-web", tmp_path)
-    assert metrics.multiprocess_dir(one) is None
+    assert metrics_multiprocess.multiprocess_dir(one) is None
     several = make_settings("http://127.0.0.1:1/dicom-web", tmp_path, workers=4)
-    assert metrics.multiprocess_dir(several) == tmp_path / "metrics"
+    assert metrics_multiprocess.multiprocess_dir(several) == tmp_path / "metrics"
 
 
 async def test_two_real_workers_report_the_sum_of_their_requests(

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
 from proxy.app import create_app
-from proxy.cache.routes import CACHE
 from proxy.dicomweb.multipart import MultipartReader
+from proxy.state import CACHE
 from tests.support import make_settings
 from tests.upstreams import Relay
 

@@ -99,6 +99,6 @@ async def test_no_read_ahead_by_default(
 
 
 def _cache_key() -> Any:
-    from proxy.cache.routes import CACHE
+    from proxy.state import CACHE
 
     return CACHE

@@ -14,7 +14,9 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from harness.dicomgen import Study
 from harness.orthanc import Orthanc
-from proxy import admin, metrics
+from proxy import admin
+from proxy.state import CACHE, DEAD_LETTERS
+from proxy.stow.service import Replayed
 from tests.support import ProxyThread, make_settings
 
 TOKEN = "status-page-token-8f3a"
@@ -31,7 +33,7 @@ CHROMIUM_ARGS = [
 
 
 class FakeDeadLetters:
-    """Stands in for the STOW dead-letter store behind :class:`admin.DeadLetterView`."""
+    """Stands in for :class:`proxy.stow.service.DeadLetterService`."""
 
     def __init__(self) -> None:
         self.items = {
@@ -44,9 +46,10 @@ class FakeDeadLetters:
     async def entries(self) -> Sequence[Mapping[str, object]]:
         return list(self.items.values())
 
-    async def replay(self, entry_id: str) -> bool:
+    async def replay(self, entry_id: str) -> Replayed:
         self.replayed.append(entry_id)
-        return self.items.pop(entry_id, None) is not None
+        stored = self.items.pop(entry_id, None) is not None
+        return Replayed(entry_id, stored, "1.2.3", 200 if stored else 503, None)
 
     async def drop(self, entry_id: str) -> None:
         self.dropped.append(entry_id)
@@ -60,12 +63,16 @@ def dead_letters() -> FakeDeadLetters:
 
 @pytest.fixture
 def admin_proxy(
-    orthanc: Orthanc, tmp_path: Path, dead_letters: FakeDeadLetters
+    orthanc: Orthanc, tmp_path: Path, dead_letters: FakeDeadLetters, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ProxyThread]:
-    def register(app: web.Application) -> None:
+    async def fakes(app: web.Application) -> None:
+        """After the cleanup_ctx steps: the cache's figures and the dead letter replaced."""
         stats = {"entries": 1234, "bytes": 5 * 1024**3, "hits": 75, "misses": 25}
-        app[metrics.CACHE_STATS] = lambda: stats
-        app[admin.DEAD_LETTERS] = dead_letters
+        monkeypatch.setattr(app[CACHE], "stats", lambda: stats)
+        app[DEAD_LETTERS] = dead_letters  # type: ignore[assignment]
+
+    def register(app: web.Application) -> None:
+        app.on_startup.append(fakes)
 
     settings = make_settings(orthanc.dicomweb, tmp_path / "proxy", admin_token=TOKEN)
     proxy = ProxyThread(settings, register).start()

@@ -23,8 +23,8 @@ from dicomweb_client.api import DICOMwebClient
 
 from harness.dicomgen import make_study
 from harness.orthanc import Orthanc
-from proxy.app import STUDIES_CHANGED
 from proxy.cli import main as cli_main
+from proxy.state import STUDIES_CHANGED
 from proxy.stow import spool_file
 from tests.relay import Faults, Relay
 from tests.support import ProxyThread

@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 
 from harness.dicomgen import Study
 from harness.orthanc import Orthanc
-from proxy.cache.routes import CACHE
+from proxy.state import CACHE
 from tests.support import ProxyThread
 
 CHROMIUM = "gzip, deflate, br, zstd"

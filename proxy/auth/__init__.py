@@ -23,12 +23,10 @@ from __future__ import annotations
 
 from proxy.auth.config import credentials_from, inbound_from, partitioner_from, validate
 from proxy.auth.credentials import Credentials
-from proxy.auth.inbound import INBOUND, inbound_middleware
-from proxy.auth.partition import PARTITIONER, SHARED, Partitioner, partition
+from proxy.auth.inbound import inbound_middleware
+from proxy.auth.partition import SHARED, Partitioner, partition
 
 __all__ = [
-    "INBOUND",
-    "PARTITIONER",
     "SHARED",
     "Credentials",
     "Partitioner",

@@ -30,6 +30,7 @@ from passlib.context import CryptContext
 
 from proxy.auth.watched import WatchedFile
 from proxy.errors import Unauthorized
+from proxy.state import INBOUND
 
 log = logging.getLogger("dicomweb_proxy.auth")
 
@@ -219,8 +220,6 @@ def parse_tokens(text: str) -> list[str]:
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
-
-INBOUND = web.AppKey("inbound_auth", Gate)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from proxy.state import PARTITIONER
+
 log = logging.getLogger("dicomweb_proxy.auth")
 
 SHARED = "shared"
@@ -58,9 +60,6 @@ class Partitioner:
             for part in ((authorization or "").encode(), (cookie or "").encode())
         )
         return "c-" + hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
-
-
-PARTITIONER = web.AppKey("partitioner", Partitioner)
 
 
 def partition(request: web.Request) -> str:

@@ -8,8 +8,7 @@ from proxy.admin import require_admin
 from proxy.cache.service import Cache
 from proxy.dicomweb.uri import is_valid_uid
 from proxy.errors import BadRequest, NotFound
-
-CACHE = web.AppKey("cache", Cache)
+from proxy.state import CACHE
 
 
 def add_routes(app: web.Application) -> None:

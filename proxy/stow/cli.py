@@ -10,14 +10,11 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import uuid
 
-from proxy import headers as hdrs
 from proxy.auth import credentials_from
 from proxy.errors import ProxyError
 from proxy.settings import Settings
-from proxy.stow.dead_letter import DeadLetter
-from proxy.stow.service import Replayed, replay
+from proxy.stow.service import DeadLetterService
 from proxy.upstream import Upstream
 
 ACTIONS = ("list", "show", "replay", "drop")
@@ -30,24 +27,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(config: Settings, flags: argparse.Namespace) -> int:
-    dead_letter = DeadLetter(config.dead_letter_path)
     try:
-        if flags.action == "list":
-            for record in dead_letter.records():
-                print(_line(record))
-        elif flags.action == "show":
-            for entry_id in flags.ids:
-                print(json.dumps(dead_letter.record(entry_id), indent=2))
-        elif flags.action == "drop":
-            for entry_id in flags.ids:
-                dead_letter.drop(entry_id)
-                print(f"dropped {entry_id}")
-        else:
-            ids = [str(r["id"]) for r in dead_letter.records()] if flags.all else flags.ids
-            return asyncio.run(_replay(config, ids))
+        return asyncio.run(_run(config, flags))
     except ProxyError as exc:
         print(f"dicomweb-proxy: {exc.detail}")
         return 1
+
+
+async def _run(config: Settings, flags: argparse.Namespace) -> int:
+    if flags.action == "replay":
+        return await _replay(config, flags)
+    dead_letters = DeadLetterService(config)
+    if flags.action == "list":
+        for record in await dead_letters.entries():
+            print(_line(record))
+    elif flags.action == "show":
+        for entry_id in flags.ids:
+            print(json.dumps(await dead_letters.entry(entry_id), indent=2))
+    else:
+        for entry_id in flags.ids:
+            await dead_letters.drop(entry_id)
+            print(f"dropped {entry_id}")
     return 0
 
 
@@ -59,14 +59,15 @@ def _line(record: dict[str, object]) -> str:
     )
 
 
-async def _replay(config: Settings, ids: list[str]) -> int:
+async def _replay(config: Settings, flags: argparse.Namespace) -> int:
     # The same upstream credentials as ``serve``: a guarded archive needs them too.
     upstream = Upstream(config, credentials_from(config))
+    dead_letters = DeadLetterService(config, upstream)
     failures = 0
     try:
+        ids = [str(r["id"]) for r in await dead_letters.entries()] if flags.all else flags.ids
         for entry_id in ids:
-            headers = {"X-Request-ID": uuid.uuid4().hex, "Via": hdrs.VIA}
-            result: Replayed = await replay(entry_id, config, upstream, headers)
+            result = await dead_letters.replay(entry_id)
             print(json.dumps(dataclasses.asdict(result)))
             failures += not result.stored
     finally:

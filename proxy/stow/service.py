@@ -1,4 +1,4 @@
-"""One STOW-RS request from spool to merged response, and dead-letter replay.
+"""One STOW-RS request from spool to merged response, and the dead-letter service.
 
 The steps (SPEC section 5):
 
@@ -10,6 +10,9 @@ The steps (SPEC section 5):
 5. merge every batch's answer into one response (PS3.18 Table 10.5.3-1).
 
 The spool directory is removed whatever happens, a client disconnect included.
+
+:class:`DeadLetterService` is what operators do with the dead letter afterwards (list,
+show, replay, drop), for the ``/admin/dead-letter`` routes, the status page and the CLI.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from yarl import URL
 
+from proxy import headers as hdrs
 from proxy.dicomweb.rewrite import Rewriter
 from proxy.dicomweb.stow_response import Failed, StowResponse, is_content_rejection, merge
+from proxy.metrics import Metrics, dead_letter_entries
 from proxy.settings import Settings
+from proxy.state import StudiesChanged
 from proxy.stow.batch import Batch, plan
 from proxy.stow.dead_letter import DeadLetter, new_record
 from proxy.stow.parts import Kind
@@ -227,3 +234,64 @@ async def replay(
         detail=last.detail,
     )
     return Replayed(entry_id, False, instance.study, last.report.status, reason)
+
+
+async def notify(studies_changed: Sequence[StudiesChanged], studies: set[str]) -> None:
+    """Tell subscribers (the cache) which studies changed (SPEC section 3)."""
+    if studies:
+        for callback in studies_changed:
+            await callback(set(studies))
+
+
+# -- the dead-letter service ----------------------------------------------------------
+
+
+class DeadLetterService:
+    """The dead letter as operators work it (SPEC section 5): list, show, replay, drop.
+
+    One service behind the ``/admin/dead-letter`` JSON routes, the status page's buttons
+    and the ``dead-letter`` CLI.  Replaying needs ``upstream`` (the CLI lists, shows and
+    drops without one).  A stored replay tells ``studies_changed`` (the app's list, which
+    the cache joins once it is open); with ``metrics``, every replay and drop refreshes
+    the dead-letter gauge.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        upstream: Upstream | None = None,
+        *,
+        studies_changed: Sequence[StudiesChanged] = (),
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._settings = settings
+        self._upstream = upstream
+        self._studies_changed = studies_changed
+        self._metrics = metrics
+        self._store = DeadLetter(settings.dead_letter_path)
+
+    async def entries(self) -> list[dict[str, Any]]:
+        """Every entry's record: ``id``, ``time``, the UIDs, ``status``, ``reason``, ..."""
+        return await asyncio.to_thread(self._store.records)
+
+    async def entry(self, entry_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self._store.record, entry_id)
+
+    async def replay(self, entry_id: str, request_id: str | None = None) -> Replayed:
+        if self._upstream is None:
+            raise RuntimeError("replaying a dead-letter entry needs an upstream")
+        headers = {"X-Request-ID": request_id or uuid.uuid4().hex, "Via": hdrs.VIA}
+        result = await replay(entry_id, self._settings, self._upstream, headers)
+        if result.stored:
+            await notify(self._studies_changed, {result.study})
+        await self.recount()
+        return result
+
+    async def drop(self, entry_id: str) -> None:
+        await asyncio.to_thread(self._store.drop, entry_id)
+        await self.recount()
+
+    async def recount(self) -> None:
+        """Set ``dicomweb_proxy_dead_letter_entries`` to the entries now kept."""
+        if self._metrics is not None:
+            dead_letter_entries(self._metrics, await asyncio.to_thread(self._store.count))
