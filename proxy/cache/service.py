@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy import forward, metrics
+from proxy import compression, forward, metrics, responses
 from proxy.cache.fill import Fill, FillReader
 from proxy.cache.hits import HitServer
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
@@ -256,7 +256,7 @@ class Cache:
         self.results[result] += 1
         await fill.parts_judged.wait()
         first_part_urls = fill.part_urls is None or fill.part_urls.first is not False
-        response = forward.start_response(
+        response = responses.start_response(
             request,
             fill.status,
             fill.headers,
@@ -266,7 +266,7 @@ class Cache:
             part_urls=first_part_urls,
         )
         await response.prepare(request)
-        await forward.relay(request, response, reader.chunks(), exchange.rewriter)
+        await responses.relay(request, response, reader.chunks(), exchange.rewriter)
         return response
 
     async def warm(self, exchange: Exchange, policy: Policy, *, refill: bool = False) -> None:
@@ -400,7 +400,7 @@ class Cache:
         """The gzip variant of a JSON/XML entry just filled, for the public base of the
         request that filled it: the first hit of a gzip-accepting client finds it made."""
         hit = self.store.get(key)
-        if hit is None or not forward.compressible(hit.meta.headers.get("Content-Type", "")):
+        if hit is None or not compression.compressible(hit.meta.headers.get("Content-Type", "")):
             return
         handle = hit.open()
         if handle is not None:

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import forward, metrics
 from proxy import headers as hdrs
+from proxy import metrics
 from proxy.admin import DEAD_LETTERS, require_admin
+from proxy.client_body import request_body
 from proxy.dicomweb import stow_response
 from proxy.dicomweb.multipart import parse_media_type
 from proxy.errors import BadRequest
@@ -43,7 +44,7 @@ async def handle(request: web.Request, exchange: Exchange, context: Context) -> 
     """POST /studies and POST /studies/{uid} (PS3.18 section 10.5)."""
     content_type = request.headers.get("Content-Type", "")
     kind_of(parse_media_type(content_type))  # 415 before a byte is read
-    body = forward.request_body(request, context.settings.max_body) or _empty()
+    body = request_body(request, context.settings.max_body) or _empty()
     stow = StowRequest(
         request_id=exchange.request_id,
         target=exchange.relative_path.split("?", 1)[0].strip("/"),
