@@ -19,36 +19,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Coroutine
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from proxy import compression, forward, metrics, responses
+from proxy.cache.counts import StudyCounts
 from proxy.cache.fill import Fill, FillReader
+from proxy.cache.freshness import Freshness, parse_cache_control, request_directives
 from proxy.cache.hits import HitServer
 from proxy.cache.lock import POLL_SECONDS, KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
-from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
+from proxy.cache.store import Hit, Meta, NewBody, Store, etag_for, free_bytes
 from proxy.dicomweb.media import answers
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
 from proxy.errors import (
     ProxyError,
-    UpstreamError,
-    UpstreamInvalid,
-    UpstreamTimeout,
 )
 from proxy.exchange import Exchange
 from proxy.metrics import Metrics
 from proxy.settings import Settings
-from proxy.upstream import Upstream, read_bounded
+from proxy.upstream import Upstream
 
 log = logging.getLogger("dicomweb_proxy")
 
@@ -88,7 +85,8 @@ class Cache:
             if settings.prefetch != "off"
             else None
         )
-        self._counts: dict[str, asyncio.Task[int]] = {}
+        self.counts = StudyCounts(upstream)
+        self.freshness = Freshness(settings, store, self.counts)
         # Purges run off the event loop; meanwhile what they remove is not served.
         self._purging: set[str] = set()  # studies being purged
         self._purged_before = 0.0  # entries stored before a full purge began
@@ -118,12 +116,12 @@ class Cache:
     async def handle(
         self, request: web.Request, exchange: Exchange, policy: Policy
     ) -> web.StreamResponse:
-        directives = _cache_control(request)
+        directives = request_directives(request)
         if "no-store" in directives:
             return await self._bypass(request, exchange)
         hit = None if "no-cache" in directives else self._lookup(policy.key, policy.study)
         if hit is not None:
-            verdict = await self._freshness(policy, hit)
+            verdict = await self.freshness.verdict(policy, hit)
             if verdict != "expired":
                 served = await self.serve_hit(request, exchange, hit, verdict)
                 if served is not None:
@@ -167,36 +165,6 @@ class Cache:
     ) -> web.StreamResponse | None:
         """Answer from a stored entry (:mod:`proxy.cache.hits`); None when it is gone."""
         return await self.hits.serve(request, exchange, hit, result)
-
-    async def _freshness(self, policy: Policy, hit: Hit) -> str:
-        """``hit``, ``revalidated``, ``stale`` or ``expired`` (SPEC section 3)."""
-        if policy.lifetime is Lifetime.IMMUTABLE:
-            return "hit"
-        if policy.lifetime is Lifetime.QIDO:
-            expires = hit.meta.stored_at + self.settings.qido_ttl
-            return "hit" if time.time() < expires else "expired"
-        return await self._study_freshness(policy, hit)
-
-    async def _study_freshness(self, policy: Policy, hit: Hit) -> str:
-        assert policy.study is not None  # study-level policies always carry the UID
-        state_key = self._state_key(policy)
-        state = self.store.study_state(state_key)
-        now = time.time()
-        if self._still_fresh(state, hit, now):
-            return "hit"
-        try:
-            count = await self.study_count(policy.study)
-        except (UpstreamError, UpstreamTimeout):
-            expired_at = state.checked_at if state else hit.meta.stored_at
-            expired_at += self.settings.metadata_ttl
-            return "stale" if now - expired_at <= self.settings.stale_if_error else "expired"
-        self._record_count(policy, count)
-        return "revalidated" if count == hit.meta.count else "expired"
-
-    def _still_fresh(self, state: StudyState | None, hit: Hit, now: float) -> bool:
-        if state is None or state.count != hit.meta.count:
-            return False
-        return state.final or now - state.checked_at < self.settings.metadata_ttl
 
     # -- misses ---------------------------------------------------------------------------
 
@@ -247,7 +215,7 @@ class Cache:
     ) -> web.StreamResponse:
         """Stream a fill to the client, or a stale entry when the upstream failed."""
         await fill.headers_ready.wait()
-        if stale is not None and self._may_serve_stale(fill, stale):
+        if stale is not None and self.freshness.may_serve_stale(fill, stale):
             served = await self.serve_hit(request, exchange, stale, "stale")
             if served is not None:
                 return served
@@ -284,15 +252,6 @@ class Cache:
         else:
             await self._start_fill(exchange, policy, claimed).finished.wait()
 
-    def _may_serve_stale(self, fill: Fill, stale: Hit) -> bool:
-        """Upstream unreachable, timed out or 5xx: an expired entry is better than none."""
-        failed = (fill.error is not None and not fill.status) or fill.status >= 500
-        age_past_expiry = time.time() - stale.meta.stored_at - self._ttl_of(stale)
-        return failed and age_past_expiry <= self.settings.stale_if_error
-
-    def _ttl_of(self, hit: Hit) -> float:
-        return self.settings.metadata_ttl if hit.meta.count is not None else self.settings.qido_ttl
-
     async def _claim(self, key: str) -> Fill | Hit | int | None:
         """Single flight: join this process's fill for ``key``; with ``--workers``, wait
         while another process fills it and serve its entry.  Otherwise the caller fills,
@@ -319,7 +278,7 @@ class Cache:
         this process join it instead of asking the upstream again."""
         fill = Fill(self.store.temp_path(), exchange.rewriter.pattern)
         self._fills[policy.key] = fill
-        count = self._count_task(policy.study) if policy.lifetime is Lifetime.STUDY else None
+        count = self.counts.task(policy.study) if policy.lifetime is Lifetime.STUDY else None
 
         def open_response() -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
             headers = exchange.upstream_headers.copy()
@@ -393,7 +352,7 @@ class Cache:
         if not committed:
             fill.discard()
         if instance_count is not None:
-            self._record_count(policy, instance_count)
+            self.freshness.record_count(policy, instance_count)
         return committed
 
     async def _prepare_gzip(self, key: str, rewriter: Rewriter) -> None:
@@ -406,50 +365,6 @@ class Cache:
         if handle is not None:
             with handle:
                 await self.hits.variants.body(hit, handle, rewriter, compress=True)
-
-    # -- study instance counts ---------------------------------------------------------
-
-    def _count_task(self, study: str | None) -> asyncio.Task[int]:
-        assert study is not None  # study-level policies always carry the UID
-        task = self._counts.get(study)
-        if task is None or task.done():
-            task = asyncio.ensure_future(self._query_count(study))
-            self._counts[study] = task
-        return task
-
-    async def study_count(self, study: str) -> int:
-        """NumberOfStudyRelatedInstances by a QIDO-RS query (PS3.18 10.6.1.2); one
-        query in flight per study however many entries ask."""
-        return await asyncio.shield(self._count_task(study))
-
-    async def _query_count(self, study: str) -> int:
-        url = (self.upstream.base / "studies").with_query(
-            StudyInstanceUID=study, includefield="00201208"
-        )
-        headers = {"Accept": "application/dicom+json"}
-        async with self.upstream.request("GET", url, headers) as response:
-            if response.status >= 500:
-                raise UpstreamInvalid(f"count query answered {response.status}")
-            if response.status == 204 or response.status == 404:
-                return 0
-            if response.status != 200:
-                raise UpstreamInvalid(f"count query answered {response.status}")
-            body = await read_bounded(response, 1024 * 1024, "count query answer")
-        return _instance_count(body)
-
-    def _state_key(self, policy: Policy) -> str:
-        return f"state|{self.settings.upstream_url}|{policy.partition}|{policy.study}"
-
-    def _record_count(self, policy: Policy, count: int) -> None:
-        """A study unchanged for --finalized-after is final (SPEC section 3)."""
-        key, now = self._state_key(policy), time.time()
-        state = self.store.study_state(key)
-        if state is None or state.count != count:
-            state = StudyState(count=count, since=now, checked_at=now)
-        else:
-            final = now - state.since >= self.settings.finalized_after
-            state = replace(state, checked_at=now, final=final)
-        self.store.set_study_state(key, state, tag=f"s:{policy.study}")
 
     # -- invalidation and admin --------------------------------------------------------
 
@@ -506,33 +421,12 @@ def asked_for(exchange: Exchange) -> str | None:
     return ",".join(given) if given else exchange.client_headers.get("Accept")
 
 
-def _instance_count(body: bytes) -> int:
-    """NumberOfStudyRelatedInstances (0020,1208) of the first match; an answer without
-    it (an upstream that ignores ``includefield``) is invalid, not a crash."""
-    try:
-        found = json.loads(body)
-        return int(found[0]["00201208"]["Value"][0]) if found else 0
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise UpstreamInvalid("the study count query answer has no instance count") from exc
-
-
 def _storable(fill: Fill) -> bool:
     """RFC 9111 section 3: only complete 200s the upstream did not mark private/no-store."""
-    directives = _parse_cache_control(fill.headers.get("Cache-Control", ""))
+    directives = parse_cache_control(fill.headers.get("Cache-Control", ""))
     return (
         fill.status == 200
         and fill.complete is True
         and fill.error is None
         and not directives & {"no-store", "private"}
     )
-
-
-def _cache_control(request: web.Request) -> set[str]:
-    directives = _parse_cache_control(request.headers.get("Cache-Control", ""))
-    if request.headers.get("Pragma", "").lower() == "no-cache":
-        directives.add("no-cache")
-    return directives
-
-
-def _parse_cache_control(value: str) -> set[str]:
-    return {item.split("=", 1)[0].strip().lower() for item in value.split(",") if item.strip()}
