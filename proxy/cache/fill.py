@@ -4,11 +4,14 @@ A :class:`Fill` runs as its own task, so a slow or vanished client neither stall
 aborts it; every client asking for the same key meanwhile (single flight) reads the
 temp file as it grows, starting from the first byte.  The fill sequence:
 
+0. register in the fills under way (:meth:`Fill.register`), before any await, so that
+   concurrent misses for the key join it instead of asking the upstream again;
 1. request the upstream; publish status and headers to the waiting readers;
 2. append each chunk to ``tmp/<id>.part`` and wake the readers;
 3. when the body ended, check it is complete (Content-Length matched by aiohttp,
    chunked terminator seen, for multipart the closing boundary seen);
-4. hand the finished file to the committer (rename into the store) or delete it.
+4. the cache renames the finished file into the store, or not; then :meth:`Fill.finish`
+   deletes what is left, leaves the registry and releases the cross-process lock.
 
 Nothing is ever renamed into the store before step 3, so no reader of the store can
 see a truncated body, and a crash leaves only ``tmp/`` files, removed at start-up.
@@ -27,23 +30,32 @@ import errno
 import os
 import re
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
+from proxy.cache.lock import KeyLocks
 from proxy.dicomweb.media import multipart_boundary, parse_media_type
 from proxy.dicomweb.rewrite import PartURLs
 from proxy.errors import ProxyError, UpstreamInvalid
-from proxy.upstream import CHUNK, body_headers, checks_its_end, iter_body
+from proxy.upstream import CHUNK, Upstream, body_headers, checks_its_end, iter_body
 
 # Bytes a spilled fill may hold in memory ahead of its slowest reader.
 SPILL_WINDOW = 4 * CHUNK
-Opener = Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]
-Committer = Callable[["Fill"], Awaitable[None]]
+# A fill stores the whole representation, whatever part or condition the client asked
+# for (answered from the entry once it is stored).
+_CLIENT_CONDITIONS = (
+    "Range",
+    "If-Range",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Match",
+    "If-Unmodified-Since",
+)
 
 
 class Fill:
@@ -78,15 +90,38 @@ class Fill:
         # open) by the fill it points back to.
         self._readers: weakref.WeakSet[FillReader] = weakref.WeakSet()
         self._consumed = asyncio.Event()
+        self._registry: dict[str, Fill] = {}
+        self._key = ""
+        self._lock: int | None = None
 
     @property
     def spilled(self) -> bool:
         return self.on_disk is not None
 
-    async def run(self, open_response: Opener, commit: Committer) -> None:
-        """Steps 1-4 of the module docstring; never raises (errors go to readers)."""
+    def register(self, fills: dict[str, Fill], key: str, lock: int | None) -> None:
+        """Step 0: under way for ``key`` in ``fills``, holding ``lock`` (an fd, or None)
+        until :meth:`finish`."""
+        self._registry, self._key, self._lock = fills, key, lock
+        fills[key] = self
+
+    def finish(self) -> None:
+        """After step 4: the temp file deleted (a no-op once the store adopted it), out of
+        the registry, the lock released, waiters woken.  The registry is left only once
+        the entry is in the store or discarded: a request arriving in between must find
+        one or the other."""
+        self.discard()
+        del self._registry[self._key]
+        KeyLocks.release(self._lock)
+        self.finished.set()
+
+    async def run(self, upstream: Upstream, url: URL, headers: CIMultiDict[str]) -> None:
+        """Steps 1-3 of the module docstring: GET ``url`` for the whole representation
+        (the client's range and conditions dropped).  Never raises: errors go to readers."""
+        headers = headers.copy()
+        for name in _CLIENT_CONDITIONS:
+            headers.popall(name, None)
         try:
-            async with open_response() as response:
+            async with upstream.request("GET", url, headers) as response:
                 self.status = response.status
                 self.headers = CIMultiDict(body_headers(response))
                 self._watch_part_headers()
@@ -107,7 +142,6 @@ class Fill:
             self.parts_judged.set()
             self.headers_ready.set()
             self._wake()
-        await commit(self)
 
     def _watch_part_headers(self) -> None:
         boundary = multipart_boundary(self.headers.get("Content-Type", ""))
