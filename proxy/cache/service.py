@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import compression, forward, responses
+from proxy import forward, responses
 from proxy.cache.admission import Admission
 from proxy.cache.counts import StudyCounts
 from proxy.cache.fill import Fill, FillReader
@@ -37,7 +37,6 @@ from proxy.cache.lock import KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
 from proxy.cache.store import Hit, Store, free_bytes
-from proxy.dicomweb.rewrite import Rewriter
 from proxy.exchange import Exchange
 from proxy.metrics import Metrics
 from proxy.settings import Settings
@@ -246,20 +245,11 @@ class Cache:
         await fill.run(self.upstream, exchange.upstream_url, exchange.upstream_headers)
         try:
             if await self.admission.admit(fill, exchange, policy, count):
-                self._spawn(self._prepare_gzip(policy.key, exchange.rewriter))
+                self._spawn(
+                    self.hits.variants.prepare_gzip(self.store, policy.key, exchange.rewriter)
+                )
         finally:
             fill.finish()
-
-    async def _prepare_gzip(self, key: str, rewriter: Rewriter) -> None:
-        """The gzip variant of a JSON/XML entry just filled, for the public base of the
-        request that filled it: the first hit of a gzip-accepting client finds it made."""
-        hit = self.store.get(key)
-        if hit is None or not compression.compressible(hit.meta.headers.get("Content-Type", "")):
-            return
-        handle = hit.open()
-        if handle is not None:
-            with handle:
-                await self.hits.variants.body(hit, handle, rewriter, compress=True)
 
     # -- invalidation and admin --------------------------------------------------------
 
