@@ -9,7 +9,8 @@ temp file as it grows, starting from the first byte.  The fill sequence:
 1. request the upstream; publish status and headers to the waiting readers;
 2. append each chunk to ``tmp/<id>.part`` and wake the readers;
 3. when the body ended, check it is complete (Content-Length matched by aiohttp,
-   chunked terminator seen, for multipart the closing boundary seen);
+   chunked terminator seen, for multipart the closing boundary seen:
+   :func:`proxy.dicomweb.ending.multipart_end`);
 4. the cache renames the finished file into the store, or not; then :meth:`Fill.finish`
    deletes what is left, leaves the registry and releases the cross-process lock.
 
@@ -39,7 +40,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.cache.lock import KeyLocks
-from proxy.dicomweb.media import multipart_boundary, parse_media_type
+from proxy.dicomweb.ending import EndCheck, multipart_end
+from proxy.dicomweb.media import multipart_boundary
 from proxy.dicomweb.rewrite import PartURLs
 from proxy.errors import ProxyError, UpstreamInvalid
 from proxy.upstream import CHUNK, Upstream, body_headers, checks_its_end, iter_body
@@ -80,7 +82,7 @@ class Fill:
         self.finished = asyncio.Event()  # set once committed to the store or discarded
         self._progress = asyncio.Event()
         self._fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._tail = b""
+        self._end: EndCheck | None = None  # the multipart close delimiter, if judged
         # Spilling (disk full): bytes [0, on_disk) are in the file, the rest from
         # ``_memory_start`` in ``_memory``; readers report what they consumed.
         self.on_disk: int | None = None
@@ -124,6 +126,7 @@ class Fill:
             async with upstream.request("GET", url, headers) as response:
                 self.status = response.status
                 self.headers = CIMultiDict(body_headers(response))
+                self._end = multipart_end(self.headers)
                 self._watch_part_headers()
                 self.headers_ready.set()
                 await self._copy_body(response)
@@ -161,7 +164,8 @@ class Fill:
             self._look_for_part_urls(chunk)
             self._store(chunk)
             self.written += len(chunk)
-            self._tail = (self._tail + chunk)[-256:]
+            if self._end is not None:
+                self._end.feed(chunk)
             self._wake()
             if self.spilled:
                 await self._wait_for_readers()
@@ -217,15 +221,14 @@ class Fill:
         """Step 3, on the body as stored (decoded from any coding).  A close-delimited
         body that stops early looks complete to HTTP, so only bodies whose end was
         checked (length, chunked framing, the end of a compressed stream) or multipart
-        bodies whose closing boundary arrived (RFC 2046 section 5.1.1) are trusted.
+        bodies whose closing boundary arrived (RFC 2046 section 5.1.1) are trusted; a
+        body in a coding the proxy could not decode is not judged (and never stored).
         None: known truncated."""
         length = self.headers.get("Content-Length")  # absent when decoded
         if length is not None and int(length) != self.written:
             return False
-        main, params = parse_media_type(self.headers.get("Content-Type", ""))
-        if main.startswith("multipart/"):
-            boundary = params.get("boundary", "")
-            return True if f"--{boundary}--".encode() in self._tail else None
+        if self._end is not None:
+            return True if self._end.whole() else None
         return checks_its_end(response)
 
     def _wake(self) -> None:
