@@ -65,7 +65,7 @@ class Cache:
         self.hits = HitServer(store, self.results)
         locks = KeyLocks(store.directory / "locks") if settings.workers > 1 else None
         self.flights = SingleFlight(store, locks, settings.upstream_timeout)
-        self._fills = self.flights.fills  # the fills under way (tests wait for none)
+        self._fills = self.flights.fills  # under way; tests wait until none is left
         self.readahead = (
             ReadAhead(settings.prefetch, upstream, self.warm)
             if settings.prefetch != "off"
