@@ -531,6 +531,37 @@ async def test_undecodable_coding_relayed_as_it_came_never_stored(
     assert len(warned) == 2 and all("undecodable" in line for line in warned), warned
 
 
+async def test_undecodable_multipart_relayed_whole_never_stored(
+    aiohttp_server: ServerFactory,
+    proxy_on: ProxyOn,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One completeness rule (proxy.dicomweb.ending): a coded multipart body is not
+    judged by its close delimiter, which its coded bytes cannot show; the fill used to
+    judge it anyway and cut the client off at its end."""
+    monkeypatch.setitem(DECODERS, "compress", None)
+    body = b"\x1f\x9d\x90" + bytes(range(256)) * 64  # no --boundary-- in sight
+    path = "/dicom-web/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1"
+    content_type = f"{DICOM}; boundary=abc"
+
+    async def instance(request: web.Request) -> web.Response:
+        headers = {"Content-Type": content_type, "Content-Encoding": "compress"}
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_get(path, instance)
+    upstream = await aiohttp_server(app)
+    proxy = await proxy_on(f"{root(upstream)}/dicom-web")
+    for number in (1, 2):
+        answer = await get(session, root(proxy) + path, DICOM)
+        await settle(proxy.app)
+        assert (answer.status, answer.x_cache) == (200, "MISS"), number
+        assert answer.headers["Content-Encoding"] == "compress"
+        assert answer.raw == body
+    assert proxy.app[METRICS].value(NOT_STORED, reason="undecodable") == 2
+
+
 def encoded(coding: str, body: bytes) -> bytes:
     if coding in {"gzip", "x-gzip"}:
         return gzip.compress(body)

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.dicomweb.ending import end_check
+from proxy.dicomweb.ending import end_check, multipart_end
 
 JSON = "application/dicom+json"
 DOCUMENTS = st.recursive(
@@ -52,3 +52,19 @@ def test_encoded_bodies_are_not_judged() -> None:
     """A gzip body is relayed as it came: its bytes are no JSON to count brackets in."""
     assert whole(JSON, b"\x1f\x8b[[[{", 2, encoding="gzip")
     assert not whole(JSON, b"[[[{", 2)
+
+
+def test_the_close_delimiter_rule_is_one_for_every_framing() -> None:
+    """multipart_end (cache fills, any framing) and end_check (close-delimited bodies)
+    judge a multipart body alike: by its close delimiter, unless it is still coded."""
+    content_type = "multipart/related; boundary=xyz"
+    plain = {"Content-Type": content_type}
+    check = multipart_end(plain)
+    assert check is not None
+    check.feed(b"--xyz\r\n\r\nDATA\r\n--xy")
+    assert not check.whole()
+    check.feed(b"z--\r\n")
+    assert check.whole()
+    assert multipart_end({**plain, "Content-Encoding": "br"}) is None
+    assert multipart_end({"Content-Type": JSON}) is None
+    assert multipart_end({"Content-Type": "multipart/related"}) is None  # no boundary

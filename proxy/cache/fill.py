@@ -4,11 +4,15 @@ A :class:`Fill` runs as its own task, so a slow or vanished client neither stall
 aborts it; every client asking for the same key meanwhile (single flight) reads the
 temp file as it grows, starting from the first byte.  The fill sequence:
 
+0. register in the fills under way (:meth:`Fill.register`), before any await, so that
+   concurrent misses for the key join it instead of asking the upstream again;
 1. request the upstream; publish status and headers to the waiting readers;
 2. append each chunk to ``tmp/<id>.part`` and wake the readers;
 3. when the body ended, check it is complete (Content-Length matched by aiohttp,
-   chunked terminator seen, for multipart the closing boundary seen);
-4. hand the finished file to the committer (rename into the store) or delete it.
+   chunked terminator seen, for multipart the closing boundary seen:
+   :func:`proxy.dicomweb.ending.multipart_end`);
+4. the cache renames the finished file into the store, or not; then :meth:`Fill.finish`
+   deletes what is left, leaves the registry and releases the cross-process lock.
 
 Nothing is ever renamed into the store before step 3, so no reader of the store can
 see a truncated body, and a crash leaves only ``tmp/`` files, removed at start-up.
@@ -27,23 +31,33 @@ import errno
 import os
 import re
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
-from proxy.dicomweb.media import multipart_boundary, parse_media_type
+from proxy.cache.lock import KeyLocks
+from proxy.dicomweb.ending import EndCheck, multipart_end
+from proxy.dicomweb.media import multipart_boundary
 from proxy.dicomweb.rewrite import PartURLs
 from proxy.errors import ProxyError, UpstreamInvalid
-from proxy.upstream import CHUNK, body_headers, checks_its_end, iter_body
+from proxy.upstream import CHUNK, Upstream, body_headers, checks_its_end, iter_body
 
 # Bytes a spilled fill may hold in memory ahead of its slowest reader.
 SPILL_WINDOW = 4 * CHUNK
-Opener = Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]
-Committer = Callable[["Fill"], Awaitable[None]]
+# A fill stores the whole representation, whatever part or condition the client asked
+# for (answered from the entry once it is stored).
+_CLIENT_CONDITIONS = (
+    "Range",
+    "If-Range",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Match",
+    "If-Unmodified-Since",
+)
 
 
 class Fill:
@@ -68,7 +82,7 @@ class Fill:
         self.finished = asyncio.Event()  # set once committed to the store or discarded
         self._progress = asyncio.Event()
         self._fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._tail = b""
+        self._end: EndCheck | None = None  # the multipart close delimiter, if judged
         # Spilling (disk full): bytes [0, on_disk) are in the file, the rest from
         # ``_memory_start`` in ``_memory``; readers report what they consumed.
         self.on_disk: int | None = None
@@ -78,17 +92,41 @@ class Fill:
         # open) by the fill it points back to.
         self._readers: weakref.WeakSet[FillReader] = weakref.WeakSet()
         self._consumed = asyncio.Event()
+        self._registry: dict[str, Fill] = {}
+        self._key = ""
+        self._lock: int | None = None
 
     @property
     def spilled(self) -> bool:
         return self.on_disk is not None
 
-    async def run(self, open_response: Opener, commit: Committer) -> None:
-        """Steps 1-4 of the module docstring; never raises (errors go to readers)."""
+    def register(self, fills: dict[str, Fill], key: str, lock: int | None) -> None:
+        """Step 0: under way for ``key`` in ``fills``, holding ``lock`` (an fd, or None)
+        until :meth:`finish`."""
+        self._registry, self._key, self._lock = fills, key, lock
+        fills[key] = self
+
+    def finish(self) -> None:
+        """After step 4: the temp file deleted (a no-op once the store adopted it), out of
+        the registry, the lock released, waiters woken.  The registry is left only once
+        the entry is in the store or discarded: a request arriving in between must find
+        one or the other."""
+        self.discard()
+        del self._registry[self._key]
+        KeyLocks.release(self._lock)
+        self.finished.set()
+
+    async def run(self, upstream: Upstream, url: URL, headers: CIMultiDict[str]) -> None:
+        """Steps 1-3 of the module docstring: GET ``url`` for the whole representation
+        (the client's range and conditions dropped).  Never raises: errors go to readers."""
+        headers = headers.copy()
+        for name in _CLIENT_CONDITIONS:
+            headers.popall(name, None)
         try:
-            async with open_response() as response:
+            async with upstream.request("GET", url, headers) as response:
                 self.status = response.status
                 self.headers = CIMultiDict(body_headers(response))
+                self._end = multipart_end(self.headers)
                 self._watch_part_headers()
                 self.headers_ready.set()
                 await self._copy_body(response)
@@ -107,7 +145,6 @@ class Fill:
             self.parts_judged.set()
             self.headers_ready.set()
             self._wake()
-        await commit(self)
 
     def _watch_part_headers(self) -> None:
         boundary = multipart_boundary(self.headers.get("Content-Type", ""))
@@ -127,7 +164,8 @@ class Fill:
             self._look_for_part_urls(chunk)
             self._store(chunk)
             self.written += len(chunk)
-            self._tail = (self._tail + chunk)[-256:]
+            if self._end is not None:
+                self._end.feed(chunk)
             self._wake()
             if self.spilled:
                 await self._wait_for_readers()
@@ -183,15 +221,14 @@ class Fill:
         """Step 3, on the body as stored (decoded from any coding).  A close-delimited
         body that stops early looks complete to HTTP, so only bodies whose end was
         checked (length, chunked framing, the end of a compressed stream) or multipart
-        bodies whose closing boundary arrived (RFC 2046 section 5.1.1) are trusted.
+        bodies whose closing boundary arrived (RFC 2046 section 5.1.1) are trusted; a
+        body in a coding the proxy could not decode is not judged (and never stored).
         None: known truncated."""
         length = self.headers.get("Content-Length")  # absent when decoded
         if length is not None and int(length) != self.written:
             return False
-        main, params = parse_media_type(self.headers.get("Content-Type", ""))
-        if main.startswith("multipart/"):
-            boundary = params.get("boundary", "")
-            return True if f"--{boundary}--".encode() in self._tail else None
+        if self._end is not None:
+            return True if self._end.whole() else None
         return checks_its_end(response)
 
     def _wake(self) -> None:

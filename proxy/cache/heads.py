@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from proxy.forward import Head
+from proxy.responses import Head
 
 MAX_HEADS = 8192
 

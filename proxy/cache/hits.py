@@ -22,7 +22,7 @@ from typing import BinaryIO
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import forward
+from proxy import compression, responses
 from proxy.cache import partial
 from proxy.cache.fill import file_chunks
 from proxy.cache.heads import Heads
@@ -85,7 +85,7 @@ class HitServer:
         request: web.Request,
         exchange: Exchange,
         hit: Hit,
-        head: forward.Head,
+        head: responses.Head,
         body: BinaryIO,
     ) -> web.StreamResponse:
         """Rewritten and/or gzipped: the variant made once (:mod:`proxy.cache.variants`),
@@ -97,14 +97,14 @@ class HitServer:
             response = head.response(exchange.request_id)
             await response.prepare(request)
             if request.method != "HEAD":
-                await forward.relay(request, response, file_chunks(body), exchange.rewriter)
+                await responses.relay(request, response, file_chunks(body), exchange.rewriter)
         finally:
             body.close()
         await response.write_eof()
         return response
 
     def _variant_response(
-        self, request: web.Request, exchange: Exchange, hit: Hit, head: forward.Head, data: bytes
+        self, request: web.Request, exchange: Exchange, hit: Hit, head: responses.Head, data: bytes
     ) -> web.Response:
         """The whole variant, or byte ranges of an identity one."""
         ranges = None if head.compress else partial.wanted(request, hit.meta.etag, len(data))
@@ -116,11 +116,11 @@ class HitServer:
 
     def _head(
         self, request: web.Request, exchange: Exchange, hit: Hit, result: str
-    ) -> forward.Head:
+    ) -> responses.Head:
         """The hit's status and headers, built once per entry, base, result and coding."""
         meta = hit.meta
         content_type = meta.headers.get("Content-Type", "")
-        compress = forward.should_compress(request, content_type, meta.headers)
+        compress = compression.should_compress(request, content_type, meta.headers)
         key = (str(hit.path), exchange.rewriter.public_base, result, compress)
         head = self.heads.get(key)
         if head is None:
@@ -129,7 +129,7 @@ class HitServer:
             headers.update({"ETag": etag, "Content-Length": str(meta.size)})
             if result == "stale":
                 headers.add("Warning", '110 dicomweb-proxy "Response is Stale"')
-            head = forward.head_for(
+            head = responses.head_for(
                 request,
                 meta.status,
                 headers,
@@ -143,12 +143,12 @@ class HitServer:
         return head
 
 
-def takes_ranges(head: forward.Head, meta: Meta) -> bool:
+def takes_ranges(head: responses.Head, meta: Meta) -> bool:
     """Sent as stored, or an identity variant held in memory (:mod:`proxy.cache.partial`)."""
     return not head.changes_body or (not head.compress and meta.size <= MAX_SOURCE)
 
 
-def _from_memory(head: forward.Head, request_id: str, data: bytes) -> web.Response:
+def _from_memory(head: responses.Head, request_id: str, data: bytes) -> web.Response:
     """A small stored body, or a variant (rewritten, gzipped already): one write sends
     headers and body together."""
     headers = head.headers.copy()
@@ -168,7 +168,7 @@ def _not_modified(request: web.Request, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def _validators(head: forward.Head, request_id: str) -> dict[str, str]:
+def _validators(head: responses.Head, request_id: str) -> dict[str, str]:
     names = ("ETag", "Vary", "X-Cache", "Via", "Cache-Control")
     found = {name: head.headers[name] for name in names if name in head.headers}
     return {**found, "X-Request-ID": request_id}

@@ -11,59 +11,41 @@
                  ├─ Range ── fill the whole entry ──────► its range, X-Cache: MISS | BYPASS
                  └─ otherwise ── join or start a Fill ──► stream, X-Cache: MISS | BYPASS
 
-Hits are answered by :mod:`proxy.cache.hits`; a fill is checked against what the request
-asked for (:func:`proxy.dicomweb.media.answers`) before it is committed.
+Hits are answered by :mod:`proxy.cache.hits` once :mod:`proxy.cache.freshness` allows;
+a miss claims its key (:mod:`proxy.cache.flight`) and reads a :mod:`proxy.cache.fill`,
+committed to the store only as :mod:`proxy.cache.admission` allows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import logging
 import time
 from collections import Counter
 from collections.abc import Coroutine
-from dataclasses import replace
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from proxy import forward, metrics
+from proxy import forward, responses
 from proxy.cache import express
+from proxy.cache.admission import Admission
+from proxy.cache.counts import StudyCounts
 from proxy.cache.fill import Fill, FillReader
+from proxy.cache.flight import Join, Lead, SingleFlight, Stored
+from proxy.cache.freshness import Freshness, request_directives
 from proxy.cache.hits import HitServer
-from proxy.cache.lock import POLL_SECONDS, KeyLocks
+from proxy.cache.lock import KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
 from proxy.cache.readahead import ReadAhead
-from proxy.cache.store import Hit, Meta, NewBody, Store, StudyState, etag_for, free_bytes
-from proxy.dicomweb.media import answers, parse_media_type
-from proxy.dicomweb.rewrite import Rewriter, carries_urls
-from proxy.errors import (
-    ProxyError,
-    UpstreamError,
-    UpstreamInvalid,
-    UpstreamTimeout,
-)
+from proxy.cache.store import Hit, Store, free_bytes
 from proxy.exchange import Exchange
 from proxy.metrics import Metrics
 from proxy.settings import Settings
-from proxy.upstream import Upstream, read_bounded
-
-log = logging.getLogger("dicomweb_proxy")
+from proxy.upstream import Upstream
 
 # Below this much free disk the cache stops filling (and keeps serving).
 MIN_FREE_BYTES = 64 * 1024**2
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
-_CLIENT_CONDITIONS = (
-    "Range",
-    "If-Range",
-    "If-None-Match",
-    "If-Modified-Since",
-    "If-Match",
-    "If-Unmodified-Since",
-)
 
 
 class Cache:
@@ -81,16 +63,19 @@ class Cache:
         self.store = store
         self.upstream = upstream
         self.results: Counter[str] = Counter()
-        self._fills: dict[str, Fill] = {}
         self.hits = HitServer(store, self.results)
         self.express: express.Lane | None = None  # set by the app when it can answer
-        self.locks = KeyLocks(store.directory / "locks") if settings.workers > 1 else None
+        locks = KeyLocks(store.directory / "locks") if settings.workers > 1 else None
+        self.flights = SingleFlight(store, locks, settings.upstream_timeout)
+        self._fills = self.flights.fills  # under way; tests wait until none is left
         self.readahead = (
             ReadAhead(settings.prefetch, upstream, self.warm)
             if settings.prefetch != "off"
             else None
         )
-        self._counts: dict[str, asyncio.Task[int]] = {}
+        self.counts = StudyCounts(upstream)
+        self.freshness = Freshness(settings, store, self.counts)
+        self.admission = Admission(store, self.freshness, metrics)
         # Purges run off the event loop; meanwhile what they remove is not served.
         self._purging: set[str] = set()  # studies being purged
         self._purged_before = 0.0  # entries stored before a full purge began
@@ -120,14 +105,14 @@ class Cache:
     async def handle(
         self, request: web.Request, exchange: Exchange, policy: Policy
     ) -> web.StreamResponse:
-        directives = _cache_control(request)
+        directives = request_directives(request)
         if "no-store" in directives:
             return await self._bypass(request, exchange)
         hit = None if "no-cache" in directives else self._lookup(policy.key, policy.study)
         if hit is not None:
-            verdict = await self._freshness(policy, hit)
+            verdict = await self.freshness.verdict(policy, hit)
             if verdict != "expired":
-                served = await self.serve_hit(request, exchange, hit, verdict)
+                served = await self.hits.serve(request, exchange, hit, verdict)
                 if served is not None:
                     if verdict == "hit" and self.express is not None:
                         await express.offer(self.express, request, exchange, policy, hit, served)
@@ -155,7 +140,7 @@ class Cache:
         stored = self._lookup(policy.key, policy.study)
         if stored is None or (expired is not None and stored.path == expired.path):
             return await self._bypass(request, exchange)
-        served = await self.serve_hit(request, exchange, stored, result)
+        served = await self.hits.serve(request, exchange, stored, result)
         return served if served is not None else await self._bypass(request, exchange)
 
     async def _bypass(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
@@ -163,56 +148,6 @@ class Cache:
         return await forward.forward(
             request, exchange, self.upstream, self.settings.max_body, x_cache="BYPASS"
         )
-
-    # -- hits ---------------------------------------------------------------------------
-
-    async def serve_hit(
-        self, request: web.Request, exchange: Exchange, hit: Hit, result: str
-    ) -> web.StreamResponse | None:
-        """Answer from a stored entry (:mod:`proxy.cache.hits`); None when it is gone."""
-        return await self.hits.serve(request, exchange, hit, result)
-
-    async def _freshness(self, policy: Policy, hit: Hit) -> str:
-        """``hit``, ``revalidated``, ``stale`` or ``expired`` (SPEC section 3)."""
-        if self._fresh_now(policy, hit):
-            return "hit"
-        if policy.lifetime is Lifetime.QIDO:
-            return "expired"
-        return await self._study_freshness(policy, hit)
-
-    def _fresh_now(self, policy: Policy, hit: Hit) -> bool:
-        """Servable without asking the upstream: immutable, within the QIDO TTL, or a
-        study whose instance count was checked recently or is final."""
-        if policy.lifetime is Lifetime.IMMUTABLE:
-            return True
-        if policy.lifetime is Lifetime.QIDO:
-            return time.time() < hit.meta.stored_at + self.settings.qido_ttl
-        state = self.store.study_state(self._state_key(policy))
-        return self._still_fresh(state, hit, time.time())
-
-    def fresh_hit(self, policy: Policy) -> Hit | None:
-        """The entry of ``policy`` when it may be answered now as a plain HIT (the
-        express lane asks before each answer, :mod:`proxy.cache.express`)."""
-        hit = self._lookup(policy.key, policy.study)
-        return hit if hit is not None and self._fresh_now(policy, hit) else None
-
-    async def _study_freshness(self, policy: Policy, hit: Hit) -> str:
-        assert policy.study is not None  # study-level policies always carry the UID
-        state = self.store.study_state(self._state_key(policy))
-        now = time.time()
-        try:
-            count = await self.study_count(policy.study)
-        except (UpstreamError, UpstreamTimeout):
-            expired_at = state.checked_at if state else hit.meta.stored_at
-            expired_at += self.settings.metadata_ttl
-            return "stale" if now - expired_at <= self.settings.stale_if_error else "expired"
-        self._record_count(policy, count)
-        return "revalidated" if count == hit.meta.count else "expired"
-
-    def _still_fresh(self, state: StudyState | None, hit: Hit, now: float) -> bool:
-        if state is None or state.count != hit.meta.count:
-            return False
-        return state.final or now - state.checked_at < self.settings.metadata_ttl
 
     # -- misses ---------------------------------------------------------------------------
 
@@ -224,26 +159,19 @@ class Cache:
         stale: Hit | None,
         result: str,
     ) -> web.StreamResponse:
-        claimed = await self._claim(policy.key)
-        if isinstance(claimed, Hit):
-            served = await self.serve_hit(request, exchange, claimed, "hit")
+        claim = await self.flights.claim(policy.key)
+        if isinstance(claim, Stored):
+            served = await self.hits.serve(request, exchange, claim.hit, "hit")
             if served is not None:
                 return served
-            claimed = None  # evicted meanwhile: fill it again
-        if isinstance(claimed, Fill) and claimed.spilled:
-            # The disk filled up under that fill: it cannot replay its start to a newcomer.
+            claim = Lead()  # evicted meanwhile: fill it again
+        fill = self._fill_for(exchange, policy, claim)
+        if fill is None or fill.spilled:
+            # No room on the cache disk, or the disk filled up under that fill (which
+            # cannot replay its start to a newcomer): pass the request through.
             return await forward.forward(
                 request, exchange, self.upstream, 0, x_cache=result.upper()
             )
-        if isinstance(claimed, Fill):
-            fill = claimed
-        elif free_bytes(self.store.tmp) < MIN_FREE_BYTES:
-            KeyLocks.release(claimed)
-            return await forward.forward(
-                request, exchange, self.upstream, 0, x_cache=result.upper()
-            )
-        else:
-            fill = self._start_fill(exchange, policy, claimed)
         if self.readahead is not None and self.readahead.should_start(exchange, policy):
             self._spawn(self.readahead.run(exchange, policy))
         reader = fill.reader()
@@ -263,8 +191,8 @@ class Cache:
     ) -> web.StreamResponse:
         """Stream a fill to the client, or a stale entry when the upstream failed."""
         await fill.headers_ready.wait()
-        if stale is not None and self._may_serve_stale(fill, stale):
-            served = await self.serve_hit(request, exchange, stale, "stale")
+        if stale is not None and self.freshness.may_serve_stale(fill, stale):
+            served = await self.hits.serve(request, exchange, stale, "stale")
             if served is not None:
                 return served
         if fill.error is not None and not fill.status:
@@ -272,7 +200,7 @@ class Cache:
         self.results[result] += 1
         await fill.parts_judged.wait()
         first_part_urls = fill.part_urls is None or fill.part_urls.first is not False
-        response = forward.start_response(
+        response = responses.start_response(
             request,
             fill.status,
             fill.headers,
@@ -282,7 +210,7 @@ class Cache:
             part_urls=first_part_urls,
         )
         await response.prepare(request)
-        await forward.relay(request, response, reader.chunks(), exchange.rewriter)
+        await responses.relay(request, response, reader.chunks(), exchange.rewriter)
         return response
 
     async def warm(self, exchange: Exchange, policy: Policy, *, refill: bool = False) -> None:
@@ -290,188 +218,54 @@ class Cache:
         way.  Unless ``refill``, an entry already stored is left as it is."""
         if not refill and self._lookup(policy.key, policy.study) is not None:
             return
-        claimed = await self._claim(policy.key)
-        if isinstance(claimed, Hit):  # another worker filled it meanwhile: it is fresh
+        claim = await self.flights.claim(policy.key)
+        if isinstance(claim, Stored):  # another worker filled it meanwhile: it is fresh
             return
-        if isinstance(claimed, Fill):
-            await claimed.finished.wait()
-        elif free_bytes(self.store.tmp) < MIN_FREE_BYTES:
-            KeyLocks.release(claimed)
-        else:
-            await self._start_fill(exchange, policy, claimed).finished.wait()
+        fill = self._fill_for(exchange, policy, claim)
+        if fill is not None:
+            await fill.finished.wait()
 
-    def _may_serve_stale(self, fill: Fill, stale: Hit) -> bool:
-        """Upstream unreachable, timed out or 5xx: an expired entry is better than none."""
-        failed = (fill.error is not None and not fill.status) or fill.status >= 500
-        age_past_expiry = time.time() - stale.meta.stored_at - self._ttl_of(stale)
-        return failed and age_past_expiry <= self.settings.stale_if_error
-
-    def _ttl_of(self, hit: Hit) -> float:
-        return self.settings.metadata_ttl if hit.meta.count is not None else self.settings.qido_ttl
-
-    async def _claim(self, key: str) -> Fill | Hit | int | None:
-        """Single flight: join this process's fill for ``key``; with ``--workers``, wait
-        while another process fills it and serve its entry.  Otherwise the caller fills,
-        holding the cross-process lock (an fd) if there is one."""
-        waited, deadline = False, time.monotonic() + self.settings.upstream_timeout
-        while True:
-            fill = self._fills.get(key)
-            if fill is not None or self.locks is None:
-                return fill
-            lock = self.locks.try_acquire(key)
-            if lock is not None:
-                hit = self.store.get(key) if waited else None
-                if hit is None:
-                    return lock
-                KeyLocks.release(lock)
-                return hit
-            if time.monotonic() > deadline:
-                return None  # a stuck peer must not stall this request: fill unlocked
-            waited = True
-            await asyncio.sleep(POLL_SECONDS)
+    def _fill_for(self, exchange: Exchange, policy: Policy, claim: Join | Lead) -> Fill | None:
+        """The fill to read: the one under way, or a new one; None when the cache disk
+        has no room for one (MIN_FREE_BYTES)."""
+        if isinstance(claim, Join):
+            return claim.fill
+        if free_bytes(self.store.tmp) < MIN_FREE_BYTES:
+            KeyLocks.release(claim.lock)
+            return None
+        return self._start_fill(exchange, policy, claim.lock)
 
     def _start_fill(self, exchange: Exchange, policy: Policy, lock: int | None) -> Fill:
-        """The fill is registered before any await, so concurrent misses for the key in
-        this process join it instead of asking the upstream again."""
         fill = Fill(self.store.temp_path(), exchange.rewriter.pattern)
-        self._fills[policy.key] = fill
-        count = self._count_task(policy.study) if policy.lifetime is Lifetime.STUDY else None
-
-        def open_response() -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
-            headers = exchange.upstream_headers.copy()
-            # A fill stores the whole representation, whatever part or condition the
-            # client asked for (answered from the entry once it is stored).
-            for name in _CLIENT_CONDITIONS:
-                headers.popall(name, None)
-            return self.upstream.request("GET", exchange.upstream_url, headers)
-
-        async def commit(done: Fill) -> None:
-            # Leave the registry only once the entry is in the store (or discarded):
-            # a request arriving in between must find one or the other.
-            try:
-                if self._answers_request(done, exchange) and await self._commit(
-                    done, policy, count
-                ):
-                    self._spawn(self._prepare_gzip(policy.key, exchange.rewriter))
-            finally:
-                done.discard()  # a no-op once the store adopted the file
-                del self._fills[policy.key]
-                KeyLocks.release(lock)
-                done.finished.set()
-
-        self._spawn(fill.run(open_response, commit))
+        fill.register(self._fills, policy.key, lock)
+        count = self.counts.task(policy.study) if policy.lifetime is Lifetime.STUDY else None
+        self._spawn(self._fill(fill, exchange, policy, count))
         return fill
 
-    def _answers_request(self, fill: Fill, exchange: Exchange) -> bool:
-        """SPEC section 3: only the representation asked for is stored.  A complete 200
-        that is something else (a gateway's login page or text/plain error, JSON for a
-        multipart request) or in a coding the proxy cannot decode is relayed once,
-        logged and counted, never stored."""
-        if fill.status != 200 or fill.complete is not True:
-            return True  # not storable anyway, and not a surprise worth a warning
-        content_type = fill.headers.get("Content-Type", "")
-        if "Content-Encoding" in fill.headers:
-            reason = "undecodable"
-        elif answers(content_type, asked_for(exchange), exchange.resource.default_answers):
-            return True
-        else:
-            reason = "unexpected_type"
-        log.warning(
-            "not cached: the upstream answered %s with %s (%s) [%s]",
-            exchange.resource.transaction.value,
-            parse_media_type(content_type).main or "no Content-Type",
-            reason,
-            exchange.request_id,
-        )
-        metrics.cache_not_stored(self.metrics, reason)
-        return False
-
-    async def _commit(self, fill: Fill, policy: Policy, count: asyncio.Task[int] | None) -> bool:
-        """Step 4 of the fill: adopt the file only if it is a complete, storable 200."""
-        instance_count = None
-        if count is not None:
-            with contextlib.suppress(ProxyError, ValueError):
-                instance_count = await count
-        if not _storable(fill) or (count is not None and instance_count is None):
-            fill.discard()
-            return False
-        meta = Meta(
-            status=fill.status,
-            headers=Meta.keep_headers(fill.headers),
-            stored_at=time.time(),
-            size=fill.written,
-            etag=etag_for(fill.temp_path),
-            rewrite=carries_urls(fill.headers.get("Content-Type", "")),
-            count=instance_count,
-            part_urls=fill.part_urls is not None and fill.part_urls.any,
-        )
-        committed = self.store.commit(policy.key, NewBody(fill.temp_path, meta), policy.tag)
-        if not committed:
-            fill.discard()
-        if instance_count is not None:
-            self._record_count(policy, instance_count)
-        return committed
-
-    async def _prepare_gzip(self, key: str, rewriter: Rewriter) -> None:
-        """The gzip variant of a JSON/XML entry just filled, for the public base of the
-        request that filled it: the first hit of a gzip-accepting client finds it made."""
-        hit = self.store.get(key)
-        if hit is None or not forward.compressible(hit.meta.headers.get("Content-Type", "")):
-            return
-        handle = hit.open()
-        if handle is not None:
-            with handle:
-                await self.hits.variants.body(hit, handle, rewriter, compress=True)
-
-    # -- study instance counts ---------------------------------------------------------
-
-    def _count_task(self, study: str | None) -> asyncio.Task[int]:
-        assert study is not None  # study-level policies always carry the UID
-        task = self._counts.get(study)
-        if task is None or task.done():
-            task = asyncio.ensure_future(self._query_count(study))
-            self._counts[study] = task
-        return task
-
-    async def study_count(self, study: str) -> int:
-        """NumberOfStudyRelatedInstances by a QIDO-RS query (PS3.18 10.6.1.2); one
-        query in flight per study however many entries ask."""
-        return await asyncio.shield(self._count_task(study))
-
-    async def _query_count(self, study: str) -> int:
-        url = (self.upstream.base / "studies").with_query(
-            StudyInstanceUID=study, includefield="00201208"
-        )
-        headers = {"Accept": "application/dicom+json"}
-        async with self.upstream.request("GET", url, headers) as response:
-            if response.status >= 500:
-                raise UpstreamInvalid(f"count query answered {response.status}")
-            if response.status == 204 or response.status == 404:
-                return 0
-            if response.status != 200:
-                raise UpstreamInvalid(f"count query answered {response.status}")
-            body = await read_bounded(response, 1024 * 1024, "count query answer")
-        return _instance_count(body)
-
-    def _state_key(self, policy: Policy) -> str:
-        return f"state|{self.settings.upstream_url}|{policy.partition}|{policy.study}"
-
-    def _record_count(self, policy: Policy, count: int) -> None:
-        """A study unchanged for --finalized-after is final (SPEC section 3)."""
-        key, now = self._state_key(policy), time.time()
-        state = self.store.study_state(key)
-        if state is None or state.count != count:
-            state = StudyState(count=count, since=now, checked_at=now)
-        else:
-            final = now - state.since >= self.settings.finalized_after
-            state = replace(state, checked_at=now, final=final)
-        self.store.set_study_state(key, state, tag=f"s:{policy.study}")
+    async def _fill(
+        self, fill: Fill, exchange: Exchange, policy: Policy, count: asyncio.Task[int] | None
+    ) -> None:
+        """The steps of :mod:`proxy.cache.fill`, the store's in the middle."""
+        await fill.run(self.upstream, exchange.upstream_url, exchange.upstream_headers)
+        try:
+            if await self.admission.admit(fill, exchange, policy, count):
+                self._spawn(
+                    self.hits.variants.prepare_gzip(self.store, policy.key, exchange.rewriter)
+                )
+        finally:
+            fill.finish()
 
     # -- invalidation and admin --------------------------------------------------------
 
     async def studies_changed(self, studies: set[str]) -> None:
         """A STOW stored into these studies: drop their study/series entries and finality."""
         self.store.purge([f"s:{uid}" for uid in studies])
+
+    def fresh_hit(self, policy: Policy) -> Hit | None:
+        """The entry of ``policy`` when it may be answered now as a plain HIT (asked
+        before each answer of the express lane, :mod:`proxy.cache.express`)."""
+        hit = self._lookup(policy.key, policy.study)
+        return hit if hit is not None and self.freshness.fresh_now(policy, hit) else None
 
     def _lookup(self, key: str, study: str | None) -> Hit | None:
         """The stored entry, unless a purge under way removes it."""
@@ -513,42 +307,3 @@ class Cache:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def asked_for(exchange: Exchange) -> str | None:
-    """The media ranges asked for: the ``accept`` query parameter overrides the
-    ``Accept`` header (PS3.18 section 8.3.3.1)."""
-    given = exchange.upstream_url.query.getall("accept", [])
-    return ",".join(given) if given else exchange.client_headers.get("Accept")
-
-
-def _instance_count(body: bytes) -> int:
-    """NumberOfStudyRelatedInstances (0020,1208) of the first match; an answer without
-    it (an upstream that ignores ``includefield``) is invalid, not a crash."""
-    try:
-        found = json.loads(body)
-        return int(found[0]["00201208"]["Value"][0]) if found else 0
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise UpstreamInvalid("the study count query answer has no instance count") from exc
-
-
-def _storable(fill: Fill) -> bool:
-    """RFC 9111 section 3: only complete 200s the upstream did not mark private/no-store."""
-    directives = _parse_cache_control(fill.headers.get("Cache-Control", ""))
-    return (
-        fill.status == 200
-        and fill.complete is True
-        and fill.error is None
-        and not directives & {"no-store", "private"}
-    )
-
-
-def _cache_control(request: web.Request) -> set[str]:
-    directives = _parse_cache_control(request.headers.get("Cache-Control", ""))
-    if request.headers.get("Pragma", "").lower() == "no-cache":
-        directives.add("no-cache")
-    return directives
-
-
-def _parse_cache_control(value: str) -> set[str]:
-    return {item.split("=", 1)[0].strip().lower() for item in value.split(",") if item.strip()}

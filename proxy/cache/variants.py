@@ -25,7 +25,8 @@ import gzip
 from collections import OrderedDict
 from typing import BinaryIO
 
-from proxy.cache.store import Hit
+from proxy.cache.store import Hit, Store
+from proxy.compression import compressible
 from proxy.dicomweb.media import multipart_boundary
 from proxy.dicomweb.rewrite import Rewriter
 
@@ -66,6 +67,17 @@ class Variants:
         if making is not None:  # single flight: one build per key however many hits
             return await asyncio.shield(making)
         return await self._make(key, hit, handle, rewriter, compress)
+
+    async def prepare_gzip(self, store: Store, key: str, rewriter: Rewriter) -> None:
+        """The gzip variant of a JSON/XML entry just filled, for the public base of the
+        request that filled it: the first hit of a gzip-accepting client finds it made."""
+        hit = store.get(key)
+        if hit is None or not compressible(hit.meta.headers.get("Content-Type", "")):
+            return
+        handle = hit.open()
+        if handle is not None:
+            with handle:
+                await self.body(hit, handle, rewriter, compress=True)
 
     async def _make(
         self, key: VariantKey, hit: Hit, handle: BinaryIO, rewriter: Rewriter, compress: bool

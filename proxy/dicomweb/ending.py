@@ -102,11 +102,31 @@ def end_check(headers: Mapping[str, str]) -> EndCheck:
     """The check for a close-delimited body described by these headers (those of the
     decoded body, :func:`proxy.upstream.body_headers`).  A body still coded is one the
     proxy could not decode: it passes on as it came, unjudged."""
-    if headers.get("Content-Encoding", "identity").lower() != "identity":
+    media = _judged(headers)
+    if media is None:
         return _Unchecked()
-    main, params = parse_media_type(headers.get("Content-Type", ""))
+    multipart = _multipart_end(*media)
+    if multipart is not None:
+        return multipart
+    return _JsonEnd() if media[0].endswith("json") else _Unchecked()
+
+
+def multipart_end(headers: Mapping[str, str]) -> EndCheck | None:
+    """The check that a multipart body ended with its close delimiter, whatever its
+    framing (a cache fill stores no multipart body without one); None for a body that
+    is not multipart, or still coded (not judged, as in :func:`end_check`)."""
+    media = _judged(headers)
+    return None if media is None else _multipart_end(*media)
+
+
+def _judged(headers: Mapping[str, str]) -> tuple[str, dict[str, str]] | None:
+    """The media type of a body that can be judged: None while it is still coded."""
+    if headers.get("Content-Encoding", "identity").lower() != "identity":
+        return None
+    return parse_media_type(headers.get("Content-Type", ""))
+
+
+def _multipart_end(main: str, params: Mapping[str, str]) -> EndCheck | None:
     if main.startswith("multipart/") and params.get("boundary"):
         return _MultipartEnd(params["boundary"])
-    if main.endswith("json"):
-        return _JsonEnd()
-    return _Unchecked()
+    return None

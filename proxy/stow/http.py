@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import forward, metrics
+from proxy import metrics
 from proxy.admin import require_admin
+from proxy.client_body import request_body
 from proxy.dicomweb import stow_encoding
 from proxy.dicomweb.media import parse_accept, parse_media_type, quality
 from proxy.errors import BadRequest
@@ -30,7 +31,7 @@ async def handle(request: web.Request, exchange: Exchange) -> web.Response:
     settings = request.app[SETTINGS]
     content_type = request.headers.get("Content-Type", "")
     kind_of(parse_media_type(content_type))  # 415 before a byte is read
-    body = forward.request_body(request, settings.max_body) or _empty()
+    body = request_body(request, settings.max_body) or _empty()
     stow = StowRequest(
         request_id=exchange.request_id,
         target=exchange.relative_path.split("?", 1)[0].strip("/"),
