@@ -212,8 +212,9 @@ def account_express(
     """An answer of the express lane (:mod:`proxy.server`): counted, kept and logged
     as a hit answered through :func:`access_middleware` is."""
     fixed = answer.record
-    if "path" not in fixed:  # once per answer: the path as every line of it shows it
+    if "path" not in fixed:  # once per answer: what every line of it shares
         fixed["path"] = safe_path(fixed["target"])
+        fixed["metrics"] = metrics.hit_recorder(app, fixed["transaction"])
     record = {
         "time": time.time(),
         "method": "GET",
@@ -227,11 +228,12 @@ def account_express(
         "transaction": fixed["transaction"],
         "remote": remote,
     }
-    _record(app, record, seconds, dicomweb=True)
+    fixed["metrics"](seconds, record["bytes"])
+    _keep_and_log(app, record)
 
 
 def _record(app: web.Application, record: AccessRecord, seconds: float, *, dicomweb: bool) -> None:
-    """Metrics, the ring buffer for ``/admin/``, and the log line."""
+    """Metrics, then the ring buffer and the log line."""
     metrics.request_done(app, record["transaction"], record["method"], record["status"], seconds)
     cache = record["cache"]
     if cache:
@@ -239,6 +241,11 @@ def _record(app: web.Application, record: AccessRecord, seconds: float, *, dicom
     if dicomweb:
         source = "cache" if str(cache).upper() in _FROM_CACHE else "upstream"
         metrics.served_bytes(app, source, record["bytes"])
+    _keep_and_log(app, record)
+
+
+def _keep_and_log(app: web.Application, record: AccessRecord) -> None:
+    """The ring buffer for ``/admin/``, and the log line."""
     recent = app.get(RECENT)
     if recent is not None:
         recent.append(record)

@@ -28,7 +28,7 @@ scrape of any worker returns the sum over all of them (:mod:`proxy.metrics_multi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +229,27 @@ def request_done(
     if found:
         found.child(found.requests, transaction, method, str(status)).inc()
         found.child(found.request_duration, transaction).observe(seconds)
+
+
+def hit_recorder(target: Target, transaction: str) -> Callable[[float, int], None]:
+    """What :func:`request_done`, :func:`cache_result` and :func:`served_bytes` record
+    for a GET answered 200 from the cache, with the children looked up once: the
+    express lane calls it per answer (``recorder(seconds, bytes_sent)``)."""
+    found = _resolve(target)
+    if not found:
+        return lambda seconds, sent: None
+    requests = found.child(found.requests, transaction, "GET", "200")
+    duration = found.child(found.request_duration, transaction)
+    hits = found.child(found.cache_requests, "hit")
+    served = found.child(found.served, "cache")
+
+    def record(seconds: float, sent: int) -> None:
+        requests.inc()
+        duration.observe(seconds)
+        hits.inc()
+        served.inc(sent)
+
+    return record
 
 
 def upstream_response(target: Target, status: str, seconds: float) -> None:
