@@ -15,6 +15,7 @@ import pydicom
 from aiohttp import web
 
 from proxy.dicomweb import multipart
+from proxy.dicomweb.media import parse_media_type
 
 BOUNDARY = "bench-boundary"
 PART = 1024 * 1024
@@ -43,7 +44,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
 async def store(request: web.Request) -> web.StreamResponse:
     """Reads every part (keeping only its first bytes) and answers a PS3.18 Table
     10.5.3-1 response that references each instance, like an archive that stored it."""
-    media = multipart.parse_media_type(request.headers.get("Content-Type", ""))
+    media = parse_media_type(request.headers.get("Content-Type", ""))
     reader = multipart.MultipartReader(
         request.content.iter_chunked(1024 * 1024), multipart.boundary_of(media)
     )
