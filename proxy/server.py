@@ -30,6 +30,7 @@ import asyncio
 import functools
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -37,10 +38,11 @@ from typing import Any, BinaryIO
 from aiohttp import web, web_protocol
 
 from proxy import logs
-from proxy.cache import express
 from proxy.cache.express import Answer, Lane
-from proxy.cache.stored import send_more, sendfile_now, socket_if_idle
+from proxy.cache.stored import send_more, send_now, sendfile_on, socket_if_idle
 from proxy.state import EXPRESS
+
+_TCP = (socket.AF_INET, socket.AF_INET6)
 
 
 class Connection(web_protocol.RequestHandler):
@@ -74,41 +76,47 @@ class Connection(web_protocol.RequestHandler):
     def _express(self, lane: Lane, data: bytes) -> bool:
         """True when the lane answered ``data``; else it is aiohttp's (and the lane
         stays on only when ``data`` was one complete request without a body)."""
-        found = express.parse(data)
+        found = lane.candidate(data)
         if found is None:
             self._lane = None
             return False
         if not self._aiohttp_idle():  # e.g. still finishing its last answer: it queues this
             return False
         answer = lane.find(found)
-        if answer is None or self.transport is None or socket_if_idle(self.transport) is None:
+        transport = self.transport
+        if answer is None or transport is None:
+            return False
+        sock = socket_if_idle(transport)
+        if sock is None or sock.family not in _TCP:  # bytes in order, unencrypted, TCP
             return False
         request_id = found.request_id or os.urandom(16).hex().encode()
-        return self._answer(lane, answer, request_id)
+        return self._answer(lane, answer, request_id, transport, sock)
 
     def _aiohttp_idle(self) -> bool:
         waiter = self._waiter
         return waiter is not None and not waiter.done() and not self._messages
 
-    def _answer(self, lane: Lane, answer: Answer, request_id: bytes) -> bool:
+    def _answer(
+        self, lane: Lane, answer: Answer, request_id: bytes, transport: asyncio.Transport, sock: Any
+    ) -> bool:
         started = time.perf_counter()
-        transport = self.transport
-        assert transport is not None
         head = lane.head(answer, request_id)
         self._keep_alive()
         if answer.data is not None:
-            lane.answered()
-            transport.write(head + answer.data)
+            lane.answered()  # before the first byte: whoever gets it may look at the count
+            sent = send_now(sock, [head, answer.data])
+            if sent < len(head) + answer.size:
+                transport.write((head + answer.data)[sent:])  # the transport sends the rest
             self._done(lane, answer, request_id, started, len(head))
             return True
         try:
             body = open(answer.body_path, "rb", buffering=0)  # noqa: SIM115 (closed when sent)
         except FileNotFoundError:  # evicted by another worker: aiohttp's to answer
             return False
-        lane.answered()  # before the first byte: whoever gets it may look at the count
+        lane.answered()
         sent = 0
-        if _send_head(transport, head):
-            sent = sendfile_now(transport, body, 0, answer.size)
+        if _send_head(transport, sock, head):
+            sent = sendfile_on(sock, body, 0, answer.size)
         if sent == answer.size:
             body.close()
             self._done(lane, answer, request_id, started, len(head))
@@ -169,12 +177,11 @@ class Connection(web_protocol.RequestHandler):
         await super().shutdown(timeout)
 
 
-def _send_head(transport: asyncio.Transport, head: bytes) -> bool:
+def _send_head(transport: asyncio.Transport, sock: Any, head: bytes) -> bool:
     """The head with MSG_MORE; True when it all went out (else the transport holds the
     rest, and sends it before anything written after)."""
-    sock = socket_if_idle(transport)
     try:
-        sent = send_more(sock, head) if sock is not None else 0
+        sent = send_more(sock, head)
     except BlockingIOError:
         sent = 0
     if sent < len(head):

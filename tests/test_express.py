@@ -15,6 +15,7 @@ import requests
 
 from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
+from proxy import server
 from proxy.cache.express import Answer, Candidate, Lane, candidate, parse
 from proxy.cache.policy import Lifetime, Policy
 from proxy.cache.store import Hit, Meta
@@ -442,12 +443,32 @@ def test_lane_answers_are_counted_and_logged(
     assert last["bytes"] > len(big_study.instances[0][2])
 
 
+@pytest.mark.parametrize(
+    "rows",
+    [
+        1024,  # 2 MiB, sent from the file: the rest by loop.sendfile
+        320,  # 200 KiB, held in memory: the rest by the transport's buffer
+    ],
+)
 def test_a_slow_reader_gets_every_byte_and_its_next_answer(
-    proxy: ProxyThread, orthanc: Orthanc
+    proxy: ProxyThread, orthanc: Orthanc, rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The socket takes part of the body at once; the rest goes by loop.sendfile, and a
-    request sent meanwhile waits for it, then is answered too."""
-    huge = make_study(1, 1, rows=1024, columns=1024)  # 2 MiB
+    """The socket takes part of the answer at once; the rest follows, and a request sent
+    meanwhile is answered after it, in order."""
+    rests: list[str] = []
+    real_send_now, real_send_rest = server.send_now, server.Connection._send_rest
+
+    def send_some(sock: Any, parts: list[bytes]) -> int:  # a socket that takes 1,000 bytes
+        rests.append("held")
+        return real_send_now(sock, [b"".join(parts)[:1000]])
+
+    async def send_rest(self: server.Connection, *args: Any) -> None:
+        rests.append("file")
+        await real_send_rest(self, *args)
+
+    monkeypatch.setattr(server, "send_now", send_some)
+    monkeypatch.setattr(server.Connection, "_send_rest", send_rest)
+    huge = make_study(1, 1, rows=rows, columns=rows)
     for _, _, data in huge.instances:
         orthanc.upload(data)
     target = _instance(proxy, huge)
@@ -461,6 +482,7 @@ def test_a_slow_reader_gets_every_byte_and_its_next_answer(
     assert _lane(proxy).count == 3
     assert all(body == expected[2] for _, _, body in answers)
     assert all(_same_but_per_answer(h, expected[1]) for _, h, _ in answers)
+    assert rests and set(rests) == {"file" if rows == 1024 else "held"}
 
 
 def test_a_connection_in_use_is_kept_and_an_idle_one_closed(

@@ -76,6 +76,12 @@ Signature = tuple[bytes, bytes | None, bytes | None, bytes | None]
 
 MAX_ANSWERS = 4096
 MAX_HELD_BYTES = 64 * 1024**2  # bodies held in memory by the lane's answers
+# A stored body up to this size is read into memory when learned: one sendmsg of head
+# and body costs less than a head then a sendfile (and opening the file) per answer.
+HOLD_BELOW = 256 * 1024
+# Requests seen byte for byte: a client repeats the same bytes for the same resource,
+# so the parse is looked up rather than done again (cleared when full).
+MAX_SEEN = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +161,7 @@ class Lane:
         self._held = 0
         self.max_answers = max_answers
         self.max_held_bytes = max_held_bytes
+        self._seen: dict[bytes, Candidate] = {}
         self.open = True
         self.count = 0  # answers sent
         self._date = b""
@@ -162,6 +169,17 @@ class Lane:
 
     def __len__(self) -> int:
         return len(self._answers)
+
+    def candidate(self, data: bytes) -> Candidate | None:
+        """:func:`parse`, remembered for bytes seen before."""
+        found = self._seen.get(data)
+        if found is None:
+            found = parse(data)
+            if found is not None:
+                if len(self._seen) >= MAX_SEEN:
+                    self._seen.clear()
+                self._seen[data] = found
+        return found
 
     def find(self, found: Candidate) -> Answer | None:
         """The answer for ``found`` when its entry may be served right now."""
@@ -244,7 +262,7 @@ async def offer(
     if found is None or found.signature is None or response.status != 200:
         return
     if isinstance(response, StoredBody):  # status 200: the whole body, not a range
-        data = None
+        data = _held(hit) if hit.meta.size <= HOLD_BELOW else None
     elif type(response) is web.Response and isinstance(response.body, bytes):
         data = response.body
     else:
@@ -257,6 +275,16 @@ async def offer(
     size = len(data) if data is not None else hit.meta.size
     record = {"transaction": exchange.resource.transaction.value, "target": request.raw_path}
     lane.learn(found.signature, Answer(policy, hit.path, head, size, data, record))
+
+
+def _held(hit: Hit) -> bytes | None:
+    """A small stored body, read once to be held by its answer."""
+    body = hit.open()
+    if body is None:
+        return None
+    with body:
+        data = body.read()
+    return data if len(data) == hit.meta.size else None
 
 
 def request_candidate(request: web.Request) -> Candidate | None:

@@ -140,6 +140,19 @@ def send_more(transport_socket: Any, data: bytes) -> int:
         sock.detach()
 
 
+def send_now(transport_socket: Any, parts: list[bytes]) -> int:
+    """sendmsg(2) of ``parts`` in one call (no joined copy); the bytes the socket took."""
+    sock = socket.socket(
+        transport_socket.family, transport_socket.type, 0, transport_socket.fileno()
+    )
+    try:
+        return sock.sendmsg(parts)
+    except BlockingIOError:
+        return 0
+    finally:
+        sock.detach()
+
+
 def socket_if_idle(transport: asyncio.Transport) -> Any:
     """The connection's socket when bytes written to it go straight to the client: the
     transport holds nothing back (order) and encrypts nothing (TLS)."""
@@ -151,8 +164,11 @@ def socket_if_idle(transport: asyncio.Transport) -> Any:
 def sendfile_now(transport: asyncio.Transport, handle: BinaryIO, offset: int, size: int) -> int:
     """Bytes sent at once with ``os.sendfile`` while the socket takes them."""
     sock = socket_if_idle(transport)
-    if sock is None:
-        return 0
+    return 0 if sock is None else sendfile_on(sock, handle, offset, size)
+
+
+def sendfile_on(sock: Any, handle: BinaryIO, offset: int, size: int) -> int:
+    """:func:`sendfile_now` on a socket :func:`socket_if_idle` gave."""
     sent = 0
     try:
         while sent < size:
