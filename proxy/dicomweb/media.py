@@ -33,7 +33,14 @@ def parse_media_type(value: str) -> MediaType:
     Parameters follow RFC 9110 section 5.6.6 (a quoted-string may hold ``;`` and
     quoted pairs); values keep their case except ``type``, which is a media type and so
     case-insensitive (RFC 2387 section 3.1).  A parameter that is not ``name=value``
-    is left out; nothing raises."""
+    is left out; nothing raises.  Remembered (a response's type is asked for at several
+    steps); each caller gets its own ``params``."""
+    main, params = _parsed(value)
+    return MediaType(main, dict(params))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(value: str) -> tuple[str, dict[str, str]]:
     main, _, rest = value.partition(";")
     params: dict[str, str] = {}
     for match in _PARAM.finditer(";" + rest):
@@ -41,7 +48,7 @@ def parse_media_type(value: str) -> MediaType:
         if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
             raw = _QUOTED_PAIR.sub(r"\1", raw[1:-1])
         params[name] = raw.lower() if name == "type" else raw
-    return MediaType(main.strip().lower(), params)
+    return main.strip().lower(), params
 
 
 def parse_accept(value: str | None) -> list[MediaType]:
