@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from proxy import __version__, auth, logs, prefetch, settings, workers
+from proxy import __version__, auth, log_setup, prefetch, settings, workers
 from proxy.cache import cli as cache_cli
 from proxy.settings import Settings, SettingsError
 from proxy.stow import cli as stow_cli
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def configure_logging(config: Settings) -> None:
-    logs.configure(config)
+    log_setup.configure(config)
 
 
 def serve(config: Settings) -> int:

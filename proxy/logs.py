@@ -13,16 +13,13 @@ last :data:`RECENT_SIZE` records for the ``/admin/`` status page.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +28,6 @@ from aiohttp.abc import AbstractStreamWriter
 from proxy import exchange as exchanges
 from proxy import metrics
 from proxy.cache.express import Answer
-from proxy.settings import Settings
 from proxy.state import RECENT
 from proxy.upstream import UpstreamObserver
 
@@ -261,46 +257,3 @@ def text_line(record: AccessRecord) -> str:
         f"upstream={f'{upstream:.1f}ms' if upstream is not None else '-'} "
         f"id={record['request_id']} remote={record['remote'] or '-'}"
     )
-
-
-# -- process-wide logging set-up (the CLI only) ---------------------------------------
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; access lines carry their fields at the top level."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
-        access = getattr(record, "access", None)
-        if isinstance(access, dict):
-            line.update({key: value for key, value in access.items() if key != "time"})
-        else:
-            line["message"] = record.getMessage()
-        if record.exc_info:
-            line["error"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
-
-
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
-
-class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is when a record comes (test runners swap it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
-
-
-def configure(settings: Settings) -> None:
-    """Route every logger to stderr in the ``--log-format`` of the settings."""
-    handler = _Stderr()
-    if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)

@@ -19,7 +19,6 @@ committed to the store only as :mod:`proxy.cache.admission` allows.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
@@ -36,6 +35,7 @@ from proxy.cache.freshness import Freshness, request_directives
 from proxy.cache.hits import HitServer
 from proxy.cache.lock import KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
+from proxy.cache.purge import Purges
 from proxy.cache.readahead import ReadAhead
 from proxy.cache.store import Hit, Store, free_bytes
 from proxy.exchange import Exchange
@@ -76,9 +76,7 @@ class Cache:
         self.counts = StudyCounts(upstream)
         self.freshness = Freshness(settings, store, self.counts)
         self.admission = Admission(store, self.freshness, metrics)
-        # Purges run off the event loop; meanwhile what they remove is not served.
-        self._purging: set[str] = set()  # studies being purged
-        self._purged_before = 0.0  # entries stored before a full purge began
+        self.purges = Purges(store)  # off the event loop; what they remove is not served
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -268,29 +266,13 @@ class Cache:
         return hit if hit is not None and self.freshness.fresh_now(policy, hit) else None
 
     def _lookup(self, key: str, study: str | None) -> Hit | None:
-        """The stored entry, unless a purge under way removes it."""
-        if study is not None and study in self._purging:
-            return None
-        hit = self.store.get(key)
-        if hit is not None and hit.meta.stored_at < self._purged_before:
-            return None
-        return hit
+        return self.purges.lookup(key, study)
 
     async def purge_all(self) -> int:
-        """Every entry.  Deleting thousands of files takes seconds, so it runs in a
-        thread; from the moment it is asked, nothing stored before it is served."""
-        self._purged_before = time.time()
-        self.store.forget_all()
-        return await asyncio.to_thread(self.store.delete)
+        return await self.purges.everything()
 
     async def purge_study(self, study: str) -> int:
-        """One study's entries, off the event loop; not served meanwhile."""
-        self._purging.add(study)
-        self.store.forget_all()
-        try:
-            return await asyncio.to_thread(self.store.delete, [f"s:{study}", f"i:{study}"])
-        finally:
-            self._purging.discard(study)
+        return await self.purges.study(study)
 
     def stats(self) -> dict[str, int]:
         """Entries, bytes and this process's hits/misses (the status page and /metrics)."""
