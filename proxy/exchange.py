@@ -25,7 +25,9 @@ from proxy.settings import Settings
 
 # A request id we accept from a client: short, printable, no separators that could
 # forge a log line or a header.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# A client's X-Request-ID is kept when it looks like one (the express lane uses it too).
+REQUEST_ID = r"[A-Za-z0-9._:\-]{1,128}"
+_REQUEST_ID = re.compile(f"^{REQUEST_ID}$")
 _HOST = re.compile(r"^[A-Za-z0-9.\-_~%]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 _SCHEMES = frozenset({"http", "https"})
 

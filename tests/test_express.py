@@ -375,8 +375,8 @@ def test_the_clients_request_id_is_echoed(proxy: ProxyThread, big_study: Study) 
     target = _instance(proxy, big_study)
     connection = Client(proxy.settings.listen_port)
     until_the_lane_answers(proxy, connection, target, {"Accept": INSTANCE})
-    answer = connection.get(target, {"Accept": INSTANCE, "X-Request-ID": "trace-42"})
-    assert _lane(proxy).count == 2 and answer[1]["X-Request-ID"] == "trace-42"
+    answer = connection.get(target, {"Accept": INSTANCE, "X-Request-ID": "trace:42"})
+    assert _lane(proxy).count == 2 and answer[1]["X-Request-ID"] == "trace:42"
 
 
 def test_a_purged_entry_is_not_answered(

@@ -41,7 +41,7 @@ from aiohttp import HttpVersion11, web
 from proxy.cache.policy import Policy
 from proxy.cache.store import Hit
 from proxy.cache.stored import StoredBody
-from proxy.exchange import Exchange
+from proxy.exchange import REQUEST_ID, Exchange
 
 # One complete request with no body: request line and header lines ending in CRLF
 # CRLF (RFC 9112 section 2.1), names as tokens (RFC 9110 section 5.6.2), values of
@@ -68,7 +68,7 @@ _IGNORED = frozenset(
     }
 )
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,128}")
+_REQUEST_ID = re.compile(REQUEST_ID.encode())
 # What the lane never replays from the learned head: set afresh for each answer.
 _PER_ANSWER = frozenset({"date", "x-request-id"})
 
