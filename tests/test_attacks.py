@@ -3,7 +3,7 @@
 A counting :class:`Relay` stands where the upstream is (and one where a victim host is),
 so every test can assert that nothing was forwarded.  Related tests elsewhere: basic
 traversal and absolute-form in ``test_forward.py``, credential partitions under
-passthrough in ``tests/auth/test_partition.py``, spool disk full in ``test_stow.py``.
+passthrough in ``tests/auth/test_partition.py``, spool disk full in ``tests/stow/test_stow.py``.
 """
 
 from __future__ import annotations

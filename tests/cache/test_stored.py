@@ -11,8 +11,8 @@ import pytest
 
 from proxy.app import create_app
 from proxy.cache import stored
+from tests.cache.test_cache import INSTANCE, settle
 from tests.support import make_settings
-from tests.test_cache import INSTANCE, settle
 from tests.upstreams import RawUpstream
 
 ACCEPT = 'multipart/related; type="application/dicom"'
