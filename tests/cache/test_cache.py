@@ -22,7 +22,7 @@ from harness.net import free_port, wait_port
 from harness.orthanc import Orthanc
 from proxy.app import create_app
 from proxy.cache.store import Store
-from tests.support import make_settings, serve_process
+from tests.support import eventually_async, make_settings, serve_process
 from tests.upstreams import RawUpstream, Relay
 
 Start = Callable[..., Any]
@@ -293,11 +293,9 @@ async def test_size_bound_respected_over_three_times_the_limit(
 async def settle(client: TestClient[Any, Any]) -> None:
     """Wait until every fill has been committed or discarded."""
     cache = client.server.app[cache_key()]
-    for _ in range(250):
-        if not cache._fills:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("fills did not finish")
+    await eventually_async(
+        lambda: not cache._fills, timeout=5, interval=0.02, message="fills did not finish"
+    )
 
 
 def cache_key() -> Any:
@@ -425,11 +423,11 @@ async def test_kill_9_mid_fill_leaves_no_entry_and_no_temp_file(
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(f"GET {INSTANCE} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         tmp = data_dir / "cache" / "tmp"
-        for _ in range(200):
-            if any(p.stat().st_size > 0 for p in tmp.glob("*.part")):
-                break
-            await asyncio.sleep(0.05)
-        assert list(tmp.glob("*.part")), "the fill should be in progress"
+        await eventually_async(
+            lambda: any(p.stat().st_size > 0 for p in tmp.glob("*.part")),
+            interval=0.05,
+            message="the fill should be in progress",
+        )
         proxy.send_signal(signal.SIGKILL)
         proxy.wait(10)
         writer.close()
@@ -582,8 +580,8 @@ async def test_a_purge_runs_off_the_event_loop_and_hides_its_entries_at_once(
     auth = {"Authorization": "Bearer s3cret-admin"}
     target = "/admin/cache" if scope == "all" else f"/admin/cache/studies/{study.uid}"
     purge = asyncio.ensure_future(client.delete(target, headers=auth))
-    while not threads:  # the purge is now inside its thread, blocked
-        await asyncio.sleep(0.01)
+    await eventually_async(lambda: threads, message="the purge did not reach its thread")
+    # The purge is now inside its thread, blocked.
     assert threads[0] is not threading.main_thread()
     assert (await client.get("/healthz")).status == 200  # the loop is free
     during = await client.get(path)
