@@ -68,14 +68,6 @@ def site_proxy(
     return start
 
 
-@pytest.fixture
-def relay(orthanc: Orthanc) -> Iterator[Relay]:
-    """Records what reaches the archive: path, headers and parts of every request."""
-    started = Relay(orthanc.dicomweb).start()
-    yield started
-    started.stop()
-
-
 # -- the site's peer API ---------------------------------------------------------------
 
 

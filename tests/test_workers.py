@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -16,13 +15,6 @@ from tests.support import eventually_async, serve_process
 from tests.upstreams import RawUpstream
 
 INSTANCE = "/dicom-web/studies/1.2.3/series/4.5/instances/6.7"
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[RawUpstream]:
-    upstream = await RawUpstream().start()
-    yield upstream
-    await upstream.stop()
 
 
 async def start_proxy(

@@ -20,9 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from harness.dicomgen import Study, make_instance, make_study
 from harness.net import free_port, wait_port
 from harness.orthanc import Orthanc
-from proxy.app import create_app
 from proxy.cache.store import Store
-from tests.support import eventually_async, make_settings, serve_process
+from tests.support import eventually_async, serve_process
 from tests.upstreams import RawUpstream, Relay
 
 Start = Callable[..., Any]
@@ -32,17 +31,6 @@ Start = Callable[..., Any]
 async def relay(aiohttp_server: Callable[..., Any], orthanc: Orthanc) -> tuple[Relay, TestServer]:
     counting = Relay(orthanc.url)
     return counting, await aiohttp_server(counting.app())
-
-
-@pytest.fixture
-def proxy_to(aiohttp_client: Callable[..., Any], tmp_path: Path) -> Start:
-    async def start(
-        upstream_url: str, data: str = "data", **overrides: Any
-    ) -> TestClient[Any, Any]:
-        settings = make_settings(upstream_url, tmp_path / data, **overrides)
-        return await aiohttp_client(create_app(settings))
-
-    return start
 
 
 def dicomweb(server: TestServer) -> str:
@@ -362,13 +350,6 @@ async def test_no_cache_option_forwards_everything(
 
 
 INSTANCE = "/dicom-web/studies/1.2.3/series/4.5/instances/6.7"
-
-
-@pytest.fixture
-async def raw() -> Any:
-    upstream = await RawUpstream().start()
-    yield upstream
-    await upstream.stop()
 
 
 @pytest.mark.parametrize("mode", ["short-length", "short-chunked", "close-cut"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,6 @@ from tests.support import make_settings
 from tests.upstreams import RawUpstream
 
 ACCEPT = 'multipart/related; type="application/dicom"'
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[RawUpstream]:
-    upstream = await RawUpstream().start()  # a 200 kB body: sent with sendfile when hit
-    yield upstream
-    await upstream.stop()
 
 
 @pytest.fixture

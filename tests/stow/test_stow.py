@@ -11,7 +11,7 @@ import io
 import json
 import socket
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,6 @@ TOKEN = "admin-secret"
 BOUNDARY = "client-boundary-0123456789"
 DICOM_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
 FAST = {"stow_retry_delay": 0.001, "admin_token": TOKEN}
-
-
-@pytest.fixture
-def relay(orthanc: Orthanc) -> Iterator[Relay]:
-    started = Relay(orthanc.dicomweb).start()
-    yield started
-    started.stop()
 
 
 def multipart(parts: list[tuple[dict[str, str], bytes]], boundary: str = BOUNDARY) -> bytes:
