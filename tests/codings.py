@@ -1,4 +1,5 @@
-"""In-process origins that code their answers as real ones do, for tests/test_content_coding.py.
+"""In-process origins that code their answers as real ones do, for
+tests/dicomweb/test_content_coding.py.
 
 - :class:`CannedArchive` answers QIDO-RS, study metadata and instance retrieves for any
   UIDs with canned bodies that carry its own URLs and a foreign host's (an archive behind

@@ -1,16 +1,38 @@
-"""Shared fixtures: a real Orthanc, synthetic studies, and proxies in front of them."""
+"""Shared fixtures: a real Orthanc, synthetic studies, proxies in front of them, the
+fake upstreams more than one test module starts, and a headless Chromium."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
+from proxy.app import create_app
+from tests.relay import Relay
 from tests.support import ProxyThread, make_settings
+from tests.upstreams import RawUpstream
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +72,52 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyThread]]:
 def proxy(orthanc: Orthanc, start_proxy: Callable[..., ProxyThread]) -> ProxyThread:
     """The proxy with default settings in front of the session's Orthanc."""
     return start_proxy(orthanc.dicomweb)
+
+
+@pytest.fixture
+def proxy_to(aiohttp_client: ClientFactory, tmp_path: Path) -> Callable[..., Any]:
+    """Start the proxy's app on the test's own loop (aiohttp's test client) in front of
+    an upstream: its DICOMweb URL, or an aiohttp test server (then its ``/dicom-web``).
+    Proxies started with the same ``data`` share a data directory (and so a cache)."""
+
+    async def start(
+        upstream: str | TestServer, data: str = "data", **overrides: Any
+    ) -> TestClient[Any, Any]:
+        url = upstream if isinstance(upstream, str) else str(upstream.make_url("/dicom-web"))
+        settings = make_settings(url, tmp_path / data, **overrides)
+        return await aiohttp_client(create_app(settings))
+
+    return start
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawUpstream]:
+    """A hand-written HTTP upstream; a test picks how it answers with ``raw.mode``."""
+    upstream = await RawUpstream().start()
+    yield upstream
+    await upstream.stop()
+
+
+@pytest.fixture
+def relay(orthanc: Orthanc) -> Iterator[Relay]:
+    """A relay in front of the session's Orthanc that records what reaches it: path,
+    headers and parts of every request (tests/relay.py).  Modules that count reads
+    instead define a ``relay`` of their own."""
+    started = Relay(orthanc.dicomweb).start()
+    yield started
+    started.stop()
+
+
+# Module scope: sync Playwright keeps an event loop running in this thread while it is
+# open, which pytest-asyncio tests in other modules must not find there.
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, driven by Playwright (never ``playwright install``)."""
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which(CHROMIUM):
+        pytest.fail("Debian's chromium is required (make os-packages installs it)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

@@ -1,19 +1,23 @@
 """Run the proxy for tests: in a background thread with its own event loop.
 
 A thread (not the test's loop) lets synchronous clients such as ``dicomweb-client``
-talk to it, and keeps start-up in milliseconds.
+talk to it, and keeps start-up in milliseconds.  Also :func:`eventually` (and
+:func:`eventually_async`), the one way tests wait for something the proxy does just
+after a client has its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
@@ -22,6 +26,53 @@ from harness.net import free_port
 from proxy import server
 from proxy.app import create_app
 from proxy.settings import Settings
+
+T = TypeVar("T")
+
+
+def eventually(
+    check: Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    message: str = "the condition was not met",
+) -> T:
+    """Call ``check`` every ``interval`` seconds until it returns something truthy, and
+    return that; fail with ``message`` once ``timeout`` seconds have passed without."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(_not_met(message, timeout, value))
+        time.sleep(interval)
+
+
+async def eventually_async(
+    check: Callable[[], T | Awaitable[T]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    message: str = "the condition was not met",
+) -> T:
+    """:func:`eventually` without blocking the event loop; ``check`` may be a coroutine
+    function (it is awaited each time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return cast(T, value)
+        if time.monotonic() > deadline:
+            raise AssertionError(_not_met(message, timeout, value))
+        await asyncio.sleep(interval)
+
+
+def _not_met(message: str, timeout: float, value: object) -> str:
+    last = "" if value is None or value is False else f"; last: {value!r:.200}"
+    return f"{message} (waited {timeout:g} s{last})"
 
 
 class ProxyThread:

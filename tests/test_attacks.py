@@ -3,7 +3,8 @@
 A counting :class:`Relay` stands where the upstream is (and one where a victim host is),
 so every test can assert that nothing was forwarded.  Related tests elsewhere: basic
 traversal and absolute-form in ``test_forward.py``, credential partitions under
-passthrough in ``tests/auth/test_partition.py``, spool disk full in ``test_stow.py``.
+passthrough in ``tests/auth/test_partition.py``, spool disk full in
+``tests/stow/test_stow.py``.
 """
 
 from __future__ import annotations
@@ -18,15 +19,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from harness.net import free_port
-from proxy.app import create_app
-from tests.support import make_settings
 from tests.upstreams import Relay, misbehaving_app
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 ADMIN = "admin-token-s3cret"
 DICOM = 'multipart/related; type="application/dicom"; boundary=b'
 
@@ -35,16 +33,6 @@ DICOM = 'multipart/related; type="application/dicom"; boundary=b'
 async def relay(aiohttp_server: ServerFactory) -> tuple[Relay, TestServer]:
     counting = Relay("http://127.0.0.1:1", down=True)  # counts, answers 503, forwards nothing
     return counting, await aiohttp_server(counting.app())
-
-
-@pytest.fixture
-def proxy_to(aiohttp_client: ClientFactory, tmp_path: Path) -> Callable[..., Any]:
-    async def start(server: TestServer, **overrides: Any) -> TestClient[Any, Any]:
-        url = str(server.make_url("/dicom-web"))
-        settings = make_settings(url, tmp_path / "data", **overrides)
-        return await aiohttp_client(create_app(settings))
-
-    return start
 
 
 async def raw_exchange(port: int, data: bytes, *, wait: float = 10.0) -> bytes:

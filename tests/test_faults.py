@@ -7,7 +7,6 @@ import errno
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from harness.dicomgen import make_study
-from harness.net import free_port
+from harness.net import free_port, wait_port
 from harness.orthanc import Orthanc
 from proxy.app import create_app
 from proxy.cache import fill as fill_module
@@ -28,7 +27,7 @@ from proxy.stow import dead_letter as dead_letter_module
 from proxy.stow.parts import SpooledPart
 from tests.relay import Faults as StowFaults
 from tests.relay import Relay as StowRelay
-from tests.support import make_settings, multipart_stow
+from tests.support import eventually_async, make_settings, multipart_stow
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 METADATA = '[{"00080018": {"vr": "UI", "Value": ["1.2.3"]}}, {"00080018": {"vr": "UI"}}]'
@@ -224,32 +223,6 @@ def _serve(upstream: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def _until(condition: Callable[[], bool], seconds: float = 20) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
-async def _ready(port: int) -> bool:
-    async def up() -> bool:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        writer.close()
-        return True
-
-    deadline = time.monotonic() + 20
-    while not await up():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 async def test_kill_9_mid_upload_leaves_a_clean_spool_and_sends_nothing(
     orthanc: Orthanc, tmp_path: Path
 ) -> None:
@@ -271,17 +244,22 @@ async def test_kill_9_mid_upload_leaves_a_clean_spool_and_sends_nothing(
     spool = data_dir / "spool"
     proxy = _serve(relay.dicomweb, data_dir, port)
     try:
-        assert await _ready(port)
+        await wait_port(port)
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(head + body[: len(body) * 3 // 4])  # three instances and a bit
         await writer.drain()
-        assert await _until(lambda: spool.exists() and any(p.is_file() for p in spool.rglob("*")))
+        await eventually_async(
+            lambda: spool.exists() and any(p.is_file() for p in spool.rglob("*")),
+            timeout=20,
+            interval=0.05,
+            message="the upload was not spooled",
+        )
         proxy.send_signal(signal.SIGKILL)
         proxy.wait(10)
         writer.close()
         assert any(p.is_file() for p in spool.rglob("*")), "the kill left spool files"
         proxy = _serve(relay.dicomweb, data_dir, port)
-        assert await _ready(port)
+        await wait_port(port)
         assert not [p for p in spool.rglob("*") if p.is_file()]
         assert relay.received == []  # nothing half-sent, and nothing resent after restart
         assert not (set(_stored(orthanc, study.uid)))

@@ -5,36 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from harness.dicomgen import Study
 from harness.net import free_port
 from harness.orthanc import Orthanc
-from proxy.app import create_app
-from tests.support import make_settings
 from tests.upstreams import Relay, misbehaving_app
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 ServerFactory = Callable[..., Awaitable[TestServer]]
 
 
 @pytest.fixture
 async def fake(aiohttp_server: ServerFactory) -> TestServer:
     return await aiohttp_server(misbehaving_app())
-
-
-@pytest.fixture
-def proxy_to(aiohttp_client: ClientFactory, tmp_path: Path) -> Callable[..., Any]:
-    async def start(upstream_url: str, **overrides: Any) -> TestClient[Any, Any]:
-        settings = make_settings(upstream_url, tmp_path / "data", **overrides)
-        return await aiohttp_client(create_app(settings))
-
-    return start
 
 
 def base(server: TestServer) -> str:

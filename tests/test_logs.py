@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from harness.dicomgen import Study
 from harness.net import free_port
 from harness.orthanc import Orthanc
 from proxy import logs, metrics, state
+from tests.support import eventually, eventually_async
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,14 +87,14 @@ async def test_ring_buffer_keeps_the_last_records(
 
 
 def wait_for(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def up() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=2):
-                return
+                return True
         except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
+            return False
+
+    eventually(up, timeout=timeout, interval=0.05, message=f"{url} did not come up")
 
 
 @pytest.fixture
@@ -176,11 +176,10 @@ def test_text_format_is_one_line_per_request(
             response.read()
         # The line is written once the last byte was sent, which may be just after the
         # client has read it.
-        deadline = time.monotonic() + 10
-        lines: list[str] = []
-        while not lines and time.monotonic() < deadline:
-            lines = [r.getMessage() for r in caplog.records if r.name == "dicomweb_proxy.access"]
-            time.sleep(0.01)
+        lines = eventually(
+            lambda: [r.getMessage() for r in caplog.records if r.name == "dicomweb_proxy.access"],
+            message="no access line was written",
+        )
     (message,) = lines
     assert message.startswith("GET /dicom-web/studies?PatientName= 200 ")
     assert "Doe" not in message
@@ -207,10 +206,7 @@ async def test_client_gone_mid_body_is_logged_as_499(
     await reader.readuntil(b"\r\n\r\n")
     writer.close()
     await writer.wait_closed()
-    for _ in range(1000):
-        if app[state.RECENT]:
-            break
-        await asyncio.sleep(0.01)
+    await eventually_async(lambda: app[state.RECENT], message="the request was not recorded")
     (record,) = app[state.RECENT]
     assert record["status"] == 499
     assert record["path"] == "/slow?PatientName="

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import signal
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from harness.dicomgen import Study
 from harness.net import free_port, wait_port
 from harness.orthanc import Orthanc
 from proxy import logs, metrics, metrics_endpoint, metrics_multiprocess, state
-from tests.support import ProxyThread, serve_process
+from tests.support import ProxyThread, eventually, serve_process
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -61,11 +60,14 @@ def test_known_sequence_moves_request_and_upstream_metrics(
 
     # The instance-count queries of the metadata misses finish in the background,
     # possibly after their clients got an answer: wait for them before counting.
-    for _ in range(100):
+    def counted() -> dict | None:
         samples = scrape(proxy.url + "/metrics")
-        if value(samples, "dicomweb_proxy_upstream_duration_seconds_count") >= 6:
-            break
-        time.sleep(0.05)
+        upstream = value(samples, "dicomweb_proxy_upstream_duration_seconds_count")
+        return samples if upstream >= 6 else None
+
+    samples = eventually(
+        counted, timeout=5, interval=0.05, message="the upstream requests were not all counted"
+    )
     requests = "dicomweb_proxy_requests_total"
     assert value(samples, requests, transaction="qido", method="GET", status="200") == 1
     assert value(samples, requests, transaction="wado_metadata", method="GET", status="200") == 1

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import urllib.error
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,7 +29,7 @@ from harness.dicomgen import Study, make_study
 from harness.net import free_port
 from harness.orthanc import Orthanc
 from tests.relay import Relay
-from tests.support import ProxyThread
+from tests.support import ProxyThread, eventually
 
 JOB_TIMEOUT = 20.0
 
@@ -69,14 +68,6 @@ def site_proxy(
     return start
 
 
-@pytest.fixture
-def relay(orthanc: Orthanc) -> Iterator[Relay]:
-    """Records what reaches the archive: path, headers and parts of every request."""
-    started = Relay(orthanc.dicomweb).start()
-    yield started
-    started.stop()
-
-
 # -- the site's peer API ---------------------------------------------------------------
 
 
@@ -99,14 +90,14 @@ def peer_call_raw(site: Orthanc, path: str, payload: dict[str, Any]) -> bytes:
 def run_job(site: Orthanc, path: str, payload: dict[str, Any]) -> dict[str, Any]:
     """Start a stow/retrieve job on the site and wait (polling, bounded) until it ends."""
     job_id = peer_call(site, path, {**payload, "Synchronous": False})["ID"]
-    deadline = time.monotonic() + JOB_TIMEOUT
-    job: dict[str, Any] = site.get_json(f"/jobs/{job_id}")
-    while job["State"] not in {"Success", "Failure"}:
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} of {path} still {job['State']} after {JOB_TIMEOUT} s")
-        time.sleep(0.05)
-        job = site.get_json(f"/jobs/{job_id}")
-    return job
+
+    def ended() -> dict[str, Any] | None:
+        job: dict[str, Any] = site.get_json(f"/jobs/{job_id}")
+        return job if job["State"] in {"Success", "Failure"} else None
+
+    return eventually(
+        ended, timeout=JOB_TIMEOUT, interval=0.05, message=f"job {job_id} of {path} did not end"
+    )
 
 
 def orthanc_study_id(server: Orthanc, study_uid: str) -> str:

@@ -16,7 +16,7 @@ from harness.orthanc import Orthanc
 from proxy import prefetch
 from proxy.progress import Progress, Reporter, eta, progress_bar
 from tests.recorder import Recorder
-from tests.support import ProxyThread
+from tests.support import ProxyThread, eventually_async
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,22 +63,22 @@ async def test_prefetch_reads_metadata_then_every_instance_once(
     metadata = f"/dicom-web/studies/{study.uid}/metadata"
     async with aiohttp.ClientSession() as session:
         json = {"Accept": "application/dicom+json"}
-        assert await eventually_hit(session, proxy.url + metadata, json)
+        await eventually_hit(session, proxy.url + metadata, json)
         for path in instance_paths(study):
             accept = {"Accept": prefetch.DEFAULT_ACCEPT}
-            assert await eventually_hit(session, proxy.url + path, accept)
+            await eventually_hit(session, proxy.url + path, accept)
     assert recorder.paths[f"/dicom-web/studies/{study.uid}/metadata"] == 1
 
 
-async def eventually_hit(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> bool:
+async def eventually_hit(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> None:
     """A fill is committed just after its last byte went out: allow it that moment."""
-    for _ in range(50):
+
+    async def hit() -> bool:
         async with session.get(url, headers=headers) as response:
             await response.read()
-            if response.headers.get("X-Cache") == "HIT":
-                return True
-        await asyncio.sleep(0.02)
-    return False
+            return response.headers.get("X-Cache") == "HIT"
+
+    await eventually_async(hit, timeout=1, interval=0.02, message=f"{url} is not a hit")
 
 
 async def test_prefetch_command_with_a_query_and_a_failure(

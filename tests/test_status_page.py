@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from harness.dicomgen import Study
 from harness.orthanc import Orthanc
@@ -20,16 +19,6 @@ from proxy.stow.service import Replayed
 from tests.support import ProxyThread, make_settings
 
 TOKEN = "status-page-token-8f3a"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 class FakeDeadLetters:
@@ -78,18 +67,6 @@ def admin_proxy(
     proxy = ProxyThread(settings, register).start()
     yield proxy
     proxy.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail("Debian's chromium is required (make os-packages installs it)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        launched.close()
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from playwright.sync_api import Browser, Page, Request, Response, sync_playwright
+from playwright.sync_api import Browser, Page, Request, Response
 
 from demo.ohif import viewer_dist
 from harness.dicomgen import PHANTOM_PATIENT, Study, make_study
@@ -27,17 +27,6 @@ from harness.net import free_port
 from harness.orthanc import Orthanc
 from tests.support import ProxyThread
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "viewer.png"
 # Readiness waits, not timed assertions: OHIF's first load compiles a 17 MiB bundle.
 LOAD_TIMEOUT_MS = 90_000
@@ -83,16 +72,6 @@ def phantom(orthanc: Orthanc) -> Study:
     for _, _, data in study.instances:
         orthanc.upload(data)
     return study
-
-
-# Module scope: sync Playwright keeps an event loop running in this thread while it is
-# open, which pytest-asyncio tests in other modules must not find there.
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -5,24 +5,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from harness.net import free_port, wait_port
-from tests.support import serve_process
+from tests.support import eventually_async, serve_process
 from tests.upstreams import RawUpstream
 
 INSTANCE = "/dicom-web/studies/1.2.3/series/4.5/instances/6.7"
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[RawUpstream]:
-    upstream = await RawUpstream().start()
-    yield upstream
-    await upstream.stop()
 
 
 async def start_proxy(
@@ -70,8 +62,9 @@ async def test_sigterm_lets_in_flight_requests_finish(
     process, port = await start_proxy(raw, tmp_path / "data", "--workers", workers, "--no-cache")
     try:
         in_flight = asyncio.ensure_future(fetch(port))
-        while raw.requests == 0:
-            await asyncio.sleep(0.02)
+        await eventually_async(
+            lambda: raw.requests, interval=0.02, message="the request did not reach the upstream"
+        )
         process.send_signal(signal.SIGTERM)
         status, _, body = await in_flight
         assert status == 200 and body == raw.multipart()

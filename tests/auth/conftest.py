@@ -16,6 +16,7 @@ from tests.authservers import BearerUpstream, TokenEndpoint
 from tests.support import make_settings
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
+Serve = Callable[[web.Application], Awaitable[str]]
 
 
 class Clock:
@@ -71,7 +72,19 @@ async def idp(
 
 
 @pytest.fixture
-def serve(aiohttp_server: ServerFactory) -> Callable[[web.Application], Awaitable[str]]:
+def root_logging_restored() -> Iterator[None]:
+    """``main(["check", ...])`` configures the root logger (a stderr handler); later
+    tests that expect a bare stderr must not inherit it.  Modules that run it ask for
+    this with ``pytestmark``."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def serve(aiohttp_server: ServerFactory) -> Serve:
     """Start an in-process app on 127.0.0.1; returns its base URL."""
 
     async def start(app: web.Application) -> str:
@@ -82,9 +95,7 @@ def serve(aiohttp_server: ServerFactory) -> Callable[[web.Application], Awaitabl
 
 
 @pytest.fixture
-async def oauth_upstream(
-    idp: TokenEndpoint, serve: Callable[[web.Application], Awaitable[str]]
-) -> BearerUpstream:
+async def oauth_upstream(idp: TokenEndpoint, serve: Serve) -> BearerUpstream:
     """An upstream that accepts exactly the live tokens of ``idp``."""
     upstream = BearerUpstream(idp.accepts)
     upstream.url = await serve(upstream.app) + "/dicom-web"

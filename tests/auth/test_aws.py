@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import botocore.session
 import pytest
-from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -23,7 +21,7 @@ from proxy.auth import aws, sigv4
 from proxy.auth.credentials import Outgoing
 from proxy.cli import main
 from proxy.upstream import Upstream
-from tests.auth.conftest import settings_for
+from tests.auth.conftest import Serve, settings_for
 from tests.cloudservers import (
     AwsCredentialsEndpoint,
     AwsKey,
@@ -32,7 +30,9 @@ from tests.cloudservers import (
 )
 from tests.support import ProxyThread, multipart_stow
 
-Serve = Callable[[web.Application], Awaitable[str]]
+# main(["check", ...]) configures the root logger; the tests after must not inherit it.
+pytestmark = pytest.mark.usefixtures("root_logging_restored")
+
 REGION = "eu-west-1"
 STATIC = AwsKey("ASIAEXAMPLESTATIC01", "static-secret-5f0c9a1e7d", "session-token-static-8b2e41")
 QUERY = {
@@ -40,17 +40,6 @@ QUERY = {
     "includefield": "00080020,00080030",
     "TimezoneOffsetFromUTC": "+0100",
 }
-
-
-@pytest.fixture(autouse=True)
-def root_logging_restored() -> Iterator[None]:
-    """``main(["check", ...])`` configures the root logger (a stderr handler); later
-    tests that expect a bare stderr must not inherit it."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

@@ -15,11 +15,13 @@ from harness.dicomgen import make_study
 from proxy.auth import config
 from proxy.cli import main
 from proxy.upstream import Upstream
-from tests.auth.conftest import Clock, settings_for
-from tests.auth.test_aws import Serve, root_logging_restored  # noqa: F401 (autouse)
+from tests.auth.conftest import Clock, Serve, settings_for
 from tests.auth.test_google import exercise, wave
 from tests.cloudservers import DicomOrigin, EntraEndpoint
 from tests.support import ProxyThread
+
+# main(["check", ...]) configures the root logger; the tests after must not inherit it.
+pytestmark = pytest.mark.usefixtures("root_logging_restored")
 
 TENANT = "72f988bf-0000-4000-8000-2d7cd011db47"
 CLIENT = "4a7b2c1d-0000-4000-8000-000000000abc"

@@ -17,8 +17,7 @@ from proxy.auth import google
 from proxy.cli import main
 from proxy.errors import UpstreamAuthFailed
 from proxy.upstream import Upstream
-from tests.auth.conftest import Clock, settings_for
-from tests.auth.test_aws import Serve, root_logging_restored  # noqa: F401 (autouse)
+from tests.auth.conftest import Clock, Serve, settings_for
 from tests.cloudservers import (
     DicomOrigin,
     GoogleMetadataServer,
@@ -27,6 +26,9 @@ from tests.cloudservers import (
     service_account_key,
 )
 from tests.support import ProxyThread, multipart_stow
+
+# main(["check", ...]) configures the root logger; the tests after must not inherit it.
+pytestmark = pytest.mark.usefixtures("root_logging_restored")
 
 SCOPE = "https://www.googleapis.com/auth/cloud-healthcare"
 STORE = "/v1/projects/p/locations/us/datasets/d/dicomStores/s/dicomWeb"

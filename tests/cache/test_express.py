@@ -3,6 +3,7 @@ before aiohttp parses them, byte for byte as aiohttp's own answer, and only thos
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from proxy.cache.express import Answer, Candidate, Lane, candidate, parse
 from proxy.cache.policy import Lifetime, Policy
 from proxy.cache.store import Hit, Meta
 from proxy.state import EXPRESS, METRICS
-from tests.support import ProxyThread
+from tests.support import ProxyThread, eventually
 
 INSTANCE = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 # What dicomweb-client (requests) and Chromium send.
@@ -274,16 +275,6 @@ def until_the_lane_answers(
     return answers
 
 
-def eventually(read: Callable[[], list[Any]], count: int) -> list[Any]:
-    """What ``read`` returns once it holds ``count`` items: the proxy's thread accounts
-    for an answer just after its last byte went out, maybe after the client read it."""
-    deadline = time.monotonic() + 10
-    while len(found := read()) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(found) == count
-    return found
-
-
 def _same_but_per_answer(a: dict[str, str], b: dict[str, str]) -> bool:
     def fixed(headers: dict[str, str]) -> dict[str, str]:
         return {k: v for k, v in headers.items() if k not in ("Date", "X-Request-ID")}
@@ -425,9 +416,15 @@ def test_lane_answers_are_counted_and_logged(
             connection.get(target, {"Accept": INSTANCE, "X-Request-ID": f"id-{index}"})
     sent += 2
     assert _lane(proxy).count == 3
-    lines = eventually(
-        lambda: [r for r in caplog.records if r.name == "dicomweb_proxy.access"], sent
-    )
+
+    def logged() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "dicomweb_proxy.access"]
+
+    # The proxy's thread logs an answer just after its last byte went out, maybe after
+    # the client read it.
+    eventually(lambda: len(logged()) >= sent, message="the access lines were not written")
+    lines = logged()
+    assert len(lines) == sent
     assert metrics.value("dicomweb_proxy_cache_requests_total", result="hit") == sent - 1
     assert (
         metrics.value(

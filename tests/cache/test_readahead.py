@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
 from proxy.app import create_app
-from tests.support import make_settings
+from tests.support import eventually_async, make_settings
 from tests.upstreams import Relay
 
 FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
@@ -45,14 +45,6 @@ def frame(study: Study, index: int) -> str:
     return f"/dicom-web/studies/{study.uid}/series/{series_uid}/instances/{sop_uid}/frames/1"
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(300):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("read-ahead did not finish")
-
-
 @pytest.mark.parametrize(("scope", "warmed"), [("series", range(5)), ("study", range(10))])
 async def test_a_miss_warms_the_rest_of_its_series_or_study(
     aiohttp_server: Callable[..., Any],
@@ -67,9 +59,16 @@ async def test_a_miss_warms_the_rest_of_its_series_or_study(
     first = await client.get(frame(series_study, 2), headers={"Accept": FRAME_ACCEPT})
     assert first.headers["X-Cache"] == "MISS"
     await first.read()
-    await until(lambda: all(relay.total(frame(series_study, i)) == 1 for i in warmed))
+    await eventually_async(
+        lambda: all(relay.total(frame(series_study, i)) == 1 for i in warmed),
+        timeout=6,
+        interval=0.02,
+        message="read-ahead did not ask for every sibling",
+    )
     cache = client.server.app[_cache_key()]
-    await until(lambda: not cache._fills)
+    await eventually_async(
+        lambda: not cache._fills, timeout=6, interval=0.02, message="read-ahead did not finish"
+    )
     for index in warmed:
         hit = await client.get(frame(series_study, index), headers={"Accept": FRAME_ACCEPT})
         assert hit.headers["X-Cache"] == "HIT", index

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from multidict import CIMultiDict
 from harness.dicomgen import Study
 from harness.orthanc import Orthanc
 from proxy.state import CACHE
-from tests.support import ProxyThread
+from tests.support import ProxyThread, eventually_async
 
 CHROMIUM = "gzip, deflate, br, zstd"
 
@@ -35,11 +34,9 @@ async def get(
 async def settled(proxy: ProxyThread) -> None:
     """Until no fill and no background task (the variant made after a fill) is left."""
     cache = proxy.app[CACHE]  # type: ignore[index]
-    for _ in range(500):
-        if not cache._fills and not cache._tasks:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("fills did not finish")
+    await eventually_async(
+        lambda: not cache._fills and not cache._tasks, timeout=5, message="fills did not finish"
+    )
 
 
 async def test_gzip_hits_come_from_one_variant_made_at_fill(

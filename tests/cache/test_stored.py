@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +11,11 @@ import pytest
 
 from proxy.app import create_app
 from proxy.cache import stored
+from tests.cache.test_cache import INSTANCE, settle
 from tests.support import make_settings
-from tests.test_cache import INSTANCE, settle
 from tests.upstreams import RawUpstream
 
 ACCEPT = 'multipart/related; type="application/dicom"'
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[RawUpstream]:
-    upstream = await RawUpstream().start()  # a 200 kB body: sent with sendfile when hit
-    yield upstream
-    await upstream.stop()
 
 
 @pytest.fixture

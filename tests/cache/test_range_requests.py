@@ -3,7 +3,6 @@ relay that counts what reaches it: no cached byte goes to the upstream twice."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from harness.orthanc import Orthanc
 from proxy.app import create_app
 from proxy.dicomweb.multipart import MultipartReader
 from proxy.state import CACHE
-from tests.support import make_settings
+from tests.support import eventually_async, make_settings
 from tests.upstreams import Relay
 
 # What dicomweb-client's retrieve_instance and cornerstone's frame loader send.
@@ -57,11 +56,7 @@ def instance_path(study: Study) -> str:
 
 async def settle(client: TestClient[Any, Any]) -> None:
     cache = client.server.app[CACHE]
-    for _ in range(500):
-        if not cache._fills:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("fills did not finish")
+    await eventually_async(lambda: not cache._fills, timeout=5, message="fills did not finish")
 
 
 async def whole(client: TestClient[Any, Any], path: str, accept: str) -> bytes:

@@ -20,9 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from harness.dicomgen import Study, make_instance, make_study
 from harness.net import free_port, wait_port
 from harness.orthanc import Orthanc
-from proxy.app import create_app
 from proxy.cache.store import Store
-from tests.support import make_settings, serve_process
+from tests.support import eventually_async, serve_process
 from tests.upstreams import RawUpstream, Relay
 
 Start = Callable[..., Any]
@@ -32,17 +31,6 @@ Start = Callable[..., Any]
 async def relay(aiohttp_server: Callable[..., Any], orthanc: Orthanc) -> tuple[Relay, TestServer]:
     counting = Relay(orthanc.url)
     return counting, await aiohttp_server(counting.app())
-
-
-@pytest.fixture
-def proxy_to(aiohttp_client: Callable[..., Any], tmp_path: Path) -> Start:
-    async def start(
-        upstream_url: str, data: str = "data", **overrides: Any
-    ) -> TestClient[Any, Any]:
-        settings = make_settings(upstream_url, tmp_path / data, **overrides)
-        return await aiohttp_client(create_app(settings))
-
-    return start
 
 
 def dicomweb(server: TestServer) -> str:
@@ -293,11 +281,9 @@ async def test_size_bound_respected_over_three_times_the_limit(
 async def settle(client: TestClient[Any, Any]) -> None:
     """Wait until every fill has been committed or discarded."""
     cache = client.server.app[cache_key()]
-    for _ in range(250):
-        if not cache._fills:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("fills did not finish")
+    await eventually_async(
+        lambda: not cache._fills, timeout=5, interval=0.02, message="fills did not finish"
+    )
 
 
 def cache_key() -> Any:
@@ -366,13 +352,6 @@ async def test_no_cache_option_forwards_everything(
 INSTANCE = "/dicom-web/studies/1.2.3/series/4.5/instances/6.7"
 
 
-@pytest.fixture
-async def raw() -> Any:
-    upstream = await RawUpstream().start()
-    yield upstream
-    await upstream.stop()
-
-
 @pytest.mark.parametrize("mode", ["short-length", "short-chunked", "close-cut"])
 async def test_truncated_bodies_are_never_cached(
     raw: RawUpstream, proxy_to: Start, mode: str
@@ -425,11 +404,11 @@ async def test_kill_9_mid_fill_leaves_no_entry_and_no_temp_file(
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(f"GET {INSTANCE} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         tmp = data_dir / "cache" / "tmp"
-        for _ in range(200):
-            if any(p.stat().st_size > 0 for p in tmp.glob("*.part")):
-                break
-            await asyncio.sleep(0.05)
-        assert list(tmp.glob("*.part")), "the fill should be in progress"
+        await eventually_async(
+            lambda: any(p.stat().st_size > 0 for p in tmp.glob("*.part")),
+            interval=0.05,
+            message="the fill should be in progress",
+        )
         proxy.send_signal(signal.SIGKILL)
         proxy.wait(10)
         writer.close()
@@ -582,8 +561,8 @@ async def test_a_purge_runs_off_the_event_loop_and_hides_its_entries_at_once(
     auth = {"Authorization": "Bearer s3cret-admin"}
     target = "/admin/cache" if scope == "all" else f"/admin/cache/studies/{study.uid}"
     purge = asyncio.ensure_future(client.delete(target, headers=auth))
-    while not threads:  # the purge is now inside its thread, blocked
-        await asyncio.sleep(0.01)
+    await eventually_async(lambda: threads, message="the purge did not reach its thread")
+    # The purge is now inside its thread, blocked.
     assert threads[0] is not threading.main_thread()
     assert (await client.get("/healthz")).status == 200  # the loop is free
     during = await client.get(path)

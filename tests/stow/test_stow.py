@@ -10,9 +10,8 @@ import errno
 import io
 import json
 import socket
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +26,12 @@ from proxy.cli import main as cli_main
 from proxy.state import STUDIES_CHANGED
 from proxy.stow import spool_file
 from tests.relay import Faults, Relay
-from tests.support import ProxyThread
+from tests.support import ProxyThread, eventually
 
 TOKEN = "admin-secret"
 BOUNDARY = "client-boundary-0123456789"
 DICOM_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
 FAST = {"stow_retry_delay": 0.001, "admin_token": TOKEN}
-
-
-@pytest.fixture
-def relay(orthanc: Orthanc) -> Iterator[Relay]:
-    started = Relay(orthanc.dicomweb).start()
-    yield started
-    started.stop()
 
 
 def multipart(parts: list[tuple[dict[str, str], bytes]], boundary: str = BOUNDARY) -> bytes:
@@ -425,22 +417,15 @@ def test_client_abort_leaves_no_spool_files(
     ).encode()
     with socket.create_connection(("127.0.0.1", proxy.settings.listen_port)) as sock:
         sock.sendall(head + body[: len(body) // 2])
-        _wait_for(lambda: bool(spool_files(proxy)))
-    _wait_for(
+        eventually(lambda: spool_files(proxy), message="the upload was not spooled")
+    eventually(
         lambda: (
             not proxy.settings.spool_path.exists() or not any(proxy.settings.spool_path.iterdir())
-        )
+        ),
+        message="the aborted upload's spool files were not removed",
     )
     assert spool_files(proxy) == []
     assert relay.received == []
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)
 
 
 def test_full_spool_disk_is_507_and_stores_nothing(

@@ -55,7 +55,7 @@ from tests.codings import (
     qido_body,
 )
 from tests.recorder import Recorder
-from tests.support import ProxyThread, make_settings
+from tests.support import ProxyThread, eventually_async, make_settings
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 ProxyOn = Callable[..., Awaitable[TestServer]]
@@ -115,11 +115,7 @@ async def settle(app: web.Application | None) -> None:
     """Until every fill has been committed or discarded: a fill outlives its response."""
     assert app is not None
     cache = app[CACHE]
-    for _ in range(1000):
-        if not cache._fills:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("fills did not finish")
+    await eventually_async(lambda: not cache._fills, message="fills did not finish")
 
 
 def assert_coding(answer: Answer, *, textual: bool, client: str) -> None:
