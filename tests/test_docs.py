@@ -57,3 +57,16 @@ def test_relative_links_point_to_existing_files(page: Path) -> None:
         if not (page.parent / path).exists():
             broken.append(target)
     assert broken == []
+
+
+REPO_PATH = re.compile(
+    r"`((?:proxy|tests|bench|harness|demo|helm|deploy)/[\w./-]+\.(?:py|cfg|yaml|conf))`"
+)
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda page: str(page.relative_to(ROOT)))
+def test_repository_paths_named_in_code_spans_exist(page: Path) -> None:
+    """``tests/cache/test_cache.py`` and the like, written as code: they move with the
+    code (tests were reorganised to mirror the package), and a stale one misleads."""
+    missing = [path for path in REPO_PATH.findall(page.read_text()) if not (ROOT / path).exists()]
+    assert not missing, missing
