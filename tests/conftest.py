@@ -3,6 +3,7 @@ fake upstreams more than one test module starts, and a headless Chromium."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -121,3 +122,14 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """``main([...])`` configures the root logger (a stderr handler, ``log_setup``);
+    later tests, and the terminal, must not inherit it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

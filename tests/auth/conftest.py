@@ -72,18 +72,6 @@ async def idp(
 
 
 @pytest.fixture
-def root_logging_restored() -> Iterator[None]:
-    """``main(["check", ...])`` configures the root logger (a stderr handler); later
-    tests that expect a bare stderr must not inherit it.  Modules that run it ask for
-    this with ``pytestmark``."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
 def serve(aiohttp_server: ServerFactory) -> Serve:
     """Start an in-process app on 127.0.0.1; returns its base URL."""
 

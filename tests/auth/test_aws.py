@@ -31,7 +31,6 @@ from tests.cloudservers import (
 from tests.support import ProxyThread, multipart_stow
 
 # main(["check", ...]) configures the root logger; the tests after must not inherit it.
-pytestmark = pytest.mark.usefixtures("root_logging_restored")
 
 REGION = "eu-west-1"
 STATIC = AwsKey("ASIAEXAMPLESTATIC01", "static-secret-5f0c9a1e7d", "session-token-static-8b2e41")

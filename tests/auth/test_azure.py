@@ -21,7 +21,6 @@ from tests.cloudservers import DicomOrigin, EntraEndpoint
 from tests.support import ProxyThread
 
 # main(["check", ...]) configures the root logger; the tests after must not inherit it.
-pytestmark = pytest.mark.usefixtures("root_logging_restored")
 
 TENANT = "72f988bf-0000-4000-8000-2d7cd011db47"
 CLIENT = "4a7b2c1d-0000-4000-8000-000000000abc"

@@ -28,7 +28,6 @@ from tests.cloudservers import (
 from tests.support import ProxyThread, multipart_stow
 
 # main(["check", ...]) configures the root logger; the tests after must not inherit it.
-pytestmark = pytest.mark.usefixtures("root_logging_restored")
 
 SCOPE = "https://www.googleapis.com/auth/cloud-healthcare"
 STORE = "/v1/projects/p/locations/us/datasets/d/dicomStores/s/dicomWeb"
