@@ -23,8 +23,10 @@ gzipped variants it holds in memory, :mod:`proxy.cache.variants`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from aiohttp import web
@@ -128,27 +130,30 @@ def _take_head(writer: AbstractStreamWriter | None) -> bytes | None:
 
 
 def send_more(transport_socket: Any, data: bytes) -> int:
-    """send(2) with MSG_MORE on a connection's socket.  asyncio hands out a
-    TransportSocket, which has no ``send``: a socket object around the same descriptor
-    makes the call and is detached after, so the descriptor stays the transport's."""
-    sock = socket.socket(
-        transport_socket.family, transport_socket.type, 0, transport_socket.fileno()
-    )
-    try:
+    """send(2) with MSG_MORE on a connection's socket."""
+    with _borrowed(transport_socket) as sock:
         return sock.send(data, socket.MSG_MORE)
-    finally:
-        sock.detach()
 
 
 def send_now(transport_socket: Any, parts: list[bytes]) -> int:
     """sendmsg(2) of ``parts`` in one call (no joined copy); the bytes the socket took."""
+    with _borrowed(transport_socket) as sock:
+        try:
+            return sock.sendmsg(parts)
+        except BlockingIOError:
+            return 0
+
+
+@contextlib.contextmanager
+def _borrowed(transport_socket: Any) -> Iterator[socket.socket]:
+    """asyncio hands out a TransportSocket, which has no ``send``: a socket object
+    around the same descriptor makes the call and is detached after, so the descriptor
+    stays the transport's."""
     sock = socket.socket(
         transport_socket.family, transport_socket.type, 0, transport_socket.fileno()
     )
     try:
-        return sock.sendmsg(parts)
-    except BlockingIOError:
-        return 0
+        yield sock
     finally:
         sock.detach()
 
