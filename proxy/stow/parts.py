@@ -1,8 +1,9 @@
 """What a spooled STOW-RS request holds: its representation, its parts on disk and the
 instances identified in them.
 
-A request's parts lie one after the other in one spool file (:mod:`proxy.stow.spool_file`);
-:class:`SpooledPart` names one part's byte range and reads it back.  An :class:`Instance`
+A request's parts lie one after the other in one spool file
+(:class:`proxy.stow.spool.SpoolFile`); :class:`SpooledPart` names one part's byte range
+and reads it back.  An :class:`Instance`
 is what must travel in one batch (PS3.18 section 10.5.1.1.2).
 """
 

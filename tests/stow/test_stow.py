@@ -24,7 +24,7 @@ from harness.dicomgen import make_study
 from harness.orthanc import Orthanc
 from proxy.cli import main as cli_main
 from proxy.state import STUDIES_CHANGED
-from proxy.stow import spool_file
+from proxy.stow import spool as spool_module
 from tests.relay import Faults, Relay
 from tests.support import ProxyThread, eventually
 
@@ -445,7 +445,7 @@ def test_full_spool_disk_is_507_and_stores_nothing(
     def open_until_full(path: Any, mode: str = "r", **kwargs: Any) -> Any:
         return FillsUp(path, mode) if mode == "wb" else open(path, mode, **kwargs)
 
-    monkeypatch.setattr(spool_file, "open", open_until_full, raising=False)
+    monkeypatch.setattr(spool_module, "open", open_until_full, raising=False)
     proxy = start_proxy(relay.dicomweb, **FAST)
     study = make_study(1, 4, rows=16, columns=16)
     response = post(proxy.dicomweb, dicom_parts([d for _, _, d in study.instances]), DICOM_TYPE)

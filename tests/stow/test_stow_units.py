@@ -17,7 +17,6 @@ from harness.dicomgen import make_study
 from proxy.dicomweb.stow_response import Sop
 from proxy.errors import InsufficientStorage, MalformedBody, UnsupportedMediaType
 from proxy.stow import spool as spool_module
-from proxy.stow import spool_file
 from proxy.stow.batch import Batch, encode, plan
 from proxy.stow.dead_letter import DeadLetter, new_record
 from proxy.stow.http import wants_xml
@@ -146,7 +145,7 @@ async def test_full_spool_disk_is_507(tmp_path: Path, monkeypatch: pytest.Monkey
         def write(self, data: Any) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_file, "open", lambda *a, **k: Full(), raising=False)
+    monkeypatch.setattr(spool_module, "open", lambda *a, **k: Full(), raising=False)
     with pytest.raises(InsufficientStorage):
         await spool(once(b"x" * 10), "application/dicom", tmp_path)
 
