@@ -222,7 +222,3 @@ def free_bytes(directory: Path) -> int:
         stats = os.statvfs(directory)
         return stats.f_bavail * stats.f_frsize
     return 0
-
-
-def now() -> float:
-    return time.time()
