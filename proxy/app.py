@@ -8,7 +8,9 @@ of :mod:`proxy.state`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -47,7 +49,9 @@ log = logging.getLogger("dicomweb_proxy")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
+    """``clock`` gives the cache's wall-clock seconds (tests pass a fake one to step
+    through TTLs, finality and stale-if-error without sleeping)."""
     app = web.Application(
         # Access log outermost; inbound auth after CORS: browsers send preflights
         # without credentials.
@@ -79,7 +83,7 @@ def create_app(settings: Settings) -> web.Application:
     app[PARTITIONER] = auth.partitioner_from(settings)
     app.cleanup_ctx.append(_upstream_ctx)
     if not settings.no_cache:
-        app.cleanup_ctx.append(_cache_ctx)
+        app.cleanup_ctx.append(functools.partial(_cache_ctx, clock=clock))
         cache_routes.add_routes(app)
     app.on_shutdown.append(_mark_stopping)
     app.on_response_prepare.append(_cors_headers)
@@ -111,10 +115,10 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     await upstream.close()
 
 
-async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _cache_ctx(app: web.Application, clock: Callable[[], float]) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = Store.open(settings.cache_path, settings.cache_size)
-    cache = Cache(settings, store, app[UPSTREAM], app.get(METRICS))
+    cache = Cache(settings, store, app[UPSTREAM], app.get(METRICS), clock=clock)
     app[CACHE] = cache
     app[STUDIES_CHANGED].append(cache.studies_changed)
     if _express_allowed(app):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from proxy import metrics
 from proxy.cache.fill import Fill
@@ -29,10 +30,18 @@ log = logging.getLogger("dicomweb_proxy")
 class Admission:
     """Step 4 of a fill (:mod:`proxy.cache.fill`): into the store, or not."""
 
-    def __init__(self, store: Store, freshness: Freshness, counts: Metrics | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        freshness: Freshness,
+        counts: Metrics | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.freshness = freshness
         self.counts = counts
+        self.clock = clock  # stamps Meta.stored_at: the clock freshness reads ages on
 
     async def admit(
         self, fill: Fill, exchange: Exchange, policy: Policy, count: asyncio.Task[int] | None
@@ -48,7 +57,7 @@ class Admission:
         if not storable(fill) or (count is not None and instance_count is None):
             fill.discard()
             return False
-        new = NewBody(fill.temp_path, meta_for(fill, instance_count))
+        new = NewBody(fill.temp_path, meta_for(fill, instance_count, self.clock()))
         committed = self.store.commit(policy.key, new, policy.tag)
         if not committed:
             fill.discard()
@@ -100,12 +109,12 @@ def storable(fill: Fill) -> bool:
     )
 
 
-def meta_for(fill: Fill, instance_count: int | None) -> Meta:
+def meta_for(fill: Fill, instance_count: int | None, stored_at: float) -> Meta:
     """The index entry of a storable fill's body."""
     return Meta(
         status=fill.status,
         headers=Meta.keep_headers(fill.headers),
-        stored_at=time.time(),
+        stored_at=stored_at,
         size=fill.written,
         etag=etag_for(fill.temp_path),
         rewrite=carries_urls(fill.headers.get("Content-Type", "")),

@@ -8,11 +8,15 @@
   for ``--finalized-after`` is final and never asked about again;
 - an expired entry is served stale for ``--stale-if-error`` past its expiry while the
   upstream fails (RFC 5861 section 4).
+
+Every age is read on the cache's clock (wall-clock seconds, ``time.time`` unless the
+app was given another), the clock that stamps ``Meta.stored_at``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
 
@@ -29,10 +33,18 @@ Verdict = Literal["hit", "revalidated", "stale", "expired"]
 
 
 class Freshness:
-    def __init__(self, settings: Settings, store: Store, counts: StudyCounts) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        counts: StudyCounts,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.counts = counts
+        self.clock = clock
 
     async def verdict(self, policy: Policy, hit: Hit) -> Verdict:
         """``hit``, ``revalidated``, ``stale`` or ``expired``."""
@@ -48,14 +60,14 @@ class Freshness:
         if policy.lifetime is Lifetime.IMMUTABLE:
             return True
         if policy.lifetime is Lifetime.QIDO:
-            return time.time() < hit.meta.stored_at + self.settings.qido_ttl
+            return self.clock() < hit.meta.stored_at + self.settings.qido_ttl
         state = self.store.study_state(self._state_key(policy))
-        return self._still_fresh(state, hit, time.time())
+        return self._still_fresh(state, hit, self.clock())
 
     async def _study_verdict(self, policy: Policy, hit: Hit) -> Verdict:
         assert policy.study is not None  # study-level policies always carry the UID
         state = self.store.study_state(self._state_key(policy))
-        now = time.time()
+        now = self.clock()
         try:
             count = await self.counts.count(policy.study)
         except (UpstreamError, UpstreamTimeout):
@@ -73,7 +85,7 @@ class Freshness:
     def may_serve_stale(self, fill: Fill, stale: Hit) -> bool:
         """Upstream unreachable, timed out or 5xx: an expired entry is better than none."""
         failed = (fill.error is not None and not fill.status) or fill.status >= 500
-        age_past_expiry = time.time() - stale.meta.stored_at - self._ttl_of(stale)
+        age_past_expiry = self.clock() - stale.meta.stored_at - self._ttl_of(stale)
         return failed and age_past_expiry <= self.settings.stale_if_error
 
     def _ttl_of(self, hit: Hit) -> float:
@@ -81,7 +93,7 @@ class Freshness:
 
     def record_count(self, policy: Policy, count: int) -> None:
         """A study unchanged for --finalized-after is final (SPEC section 3)."""
-        key, now = self._state_key(policy), time.time()
+        key, now = self._state_key(policy), self.clock()
         state = self.store.study_state(key)
         if state is None or state.count != count:
             state = StudyState(count=count, since=now, checked_at=now)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from proxy.cache.store import Hit, Store
 
 
 class Purges:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.clock = clock  # the clock that stamped Meta.stored_at
         self._studies: set[str] = set()  # studies being purged
         self._before = 0.0  # entries stored before a full purge began
 
@@ -32,7 +34,7 @@ class Purges:
 
     async def everything(self) -> int:
         """Every entry; the number removed."""
-        self._before = time.time()
+        self._before = self.clock()
         self.store.forget_all()
         return await asyncio.to_thread(self.store.delete)
 

@@ -19,8 +19,9 @@ committed to the store only as :mod:`proxy.cache.admission` allows.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -57,7 +58,10 @@ class Cache:
         store: Store,
         upstream: Upstream,
         metrics: Metrics | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock``: wall-clock seconds, for entry ages (TTLs, finality, stale-if-error)."""
         self.settings = settings
         self.metrics = metrics
         self.store = store
@@ -74,9 +78,10 @@ class Cache:
             else None
         )
         self.counts = StudyCounts(upstream)
-        self.freshness = Freshness(settings, store, self.counts)
-        self.admission = Admission(store, self.freshness, metrics)
-        self.purges = Purges(store)  # off the event loop; what they remove is not served
+        self.freshness = Freshness(settings, store, self.counts, clock=clock)
+        self.admission = Admission(store, self.freshness, metrics, clock=clock)
+        # Purges run off the event loop; what they remove is not served meanwhile.
+        self.purges = Purges(store, clock=clock)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
