@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,9 +59,12 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyThread]]:
     """Start proxies (in threads) in front of any upstream; all stopped at teardown."""
     started: list[ProxyThread] = []
 
-    def start(upstream_url: str, **overrides: Any) -> ProxyThread:
+    def start(
+        upstream_url: str, clock: Callable[[], float] = time.time, **overrides: Any
+    ) -> ProxyThread:
         data_dir = tmp_path / f"proxy-{len(started)}"
-        proxy = ProxyThread(make_settings(upstream_url, data_dir, **overrides)).start()
+        settings = make_settings(upstream_url, data_dir, **overrides)
+        proxy = ProxyThread(settings, clock=clock).start()
         started.append(proxy)
         return proxy
 
@@ -79,14 +83,18 @@ def proxy(orthanc: Orthanc, start_proxy: Callable[..., ProxyThread]) -> ProxyThr
 def proxy_to(aiohttp_client: ClientFactory, tmp_path: Path) -> Callable[..., Any]:
     """Start the proxy's app on the test's own loop (aiohttp's test client) in front of
     an upstream: its DICOMweb URL, or an aiohttp test server (then its ``/dicom-web``).
-    Proxies started with the same ``data`` share a data directory (and so a cache)."""
+    Proxies started with the same ``data`` share a data directory (and so a cache);
+    ``clock`` is the cache's (tests.support.FakeClock to step through a TTL)."""
 
     async def start(
-        upstream: str | TestServer, data: str = "data", **overrides: Any
+        upstream: str | TestServer,
+        data: str = "data",
+        clock: Callable[[], float] = time.time,
+        **overrides: Any,
     ) -> TestClient[Any, Any]:
         url = upstream if isinstance(upstream, str) else str(upstream.make_url("/dicom-web"))
         settings = make_settings(url, tmp_path / data, **overrides)
-        return await aiohttp_client(create_app(settings))
+        return await aiohttp_client(create_app(settings, clock=clock))
 
     return start
 

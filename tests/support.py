@@ -3,7 +3,8 @@
 A thread (not the test's loop) lets synchronous clients such as ``dicomweb-client``
 talk to it, and keeps start-up in milliseconds.  Also :func:`eventually` (and
 :func:`eventually_async`), the one way tests wait for something the proxy does just
-after a client has its answer.
+after a client has its answer, and :class:`FakeClock`, the cache's clock in tests that
+step through a TTL rather than sleep through it.
 """
 
 from __future__ import annotations
@@ -75,15 +76,33 @@ def _not_met(message: str, timeout: float, value: object) -> str:
     return f"{message} (waited {timeout:g} s{last})"
 
 
+class FakeClock:
+    """Wall-clock seconds that move only when the test says so: give it to
+    ``create_app(settings, clock=...)`` and :meth:`advance` past a TTL."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class ProxyThread:
     def __init__(
         self,
         settings: Settings,
         configure: Callable[[web.Application], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """``configure`` may add to the app before it starts (e.g. register providers)."""
+        """``configure`` may add to the app before it starts (e.g. register providers);
+        ``clock`` is the cache's (:class:`FakeClock`)."""
         self.settings = settings
         self._configure = configure
+        self._clock = clock
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -108,7 +127,7 @@ class ProxyThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.app = create_app(self.settings)
+        self.app = create_app(self.settings, clock=self._clock)
         if self._configure is not None:
             self._configure(self.app)
         runner = server.Runner(self.app, access_log=None)  # the product's connections
