@@ -21,7 +21,7 @@ from harness.dicomgen import Study, make_instance, make_study
 from harness.net import free_port, wait_port
 from harness.orthanc import Orthanc
 from proxy.cache.store import Store
-from tests.support import eventually_async, serve_process
+from tests.support import FakeClock, eventually_async, serve_process
 from tests.upstreams import RawUpstream, Relay
 
 Start = Callable[..., Any]
@@ -150,19 +150,22 @@ async def test_metadata_revalidation_picks_up_a_new_instance(
     relay: tuple[Relay, TestServer], proxy_to: Start, orthanc: Orthanc, study: Study
 ) -> None:
     counting, server = relay
-    client = await proxy_to(dicomweb(server), metadata_ttl=0.2)
+    clock = FakeClock()
+    client = await proxy_to(dicomweb(server), clock=clock)  # --metadata-ttl 60 s
     path = f"/dicom-web/studies/{study.uid}/metadata"
     assert len(await (await client.get(path)).json()) == 6
     await settle(client)
+    clock.advance(59)
     fresh = await client.get(path)
     assert fresh.headers["X-Cache"] == "HIT"
-    await asyncio.sleep(0.3)
+    assert counting.total("/dicom-web/studies?") == 1  # the count asked by the fill
+    clock.advance(2)
     unchanged = await client.get(path)
     assert unchanged.headers["X-Cache"] == "REVALIDATED"
     assert counting.total(path) == 1
     series_uid = next(iter(study.series))
     orthanc.upload(make_instance(study.uid, series_uid, 99, rows=16, columns=16))
-    await asyncio.sleep(0.3)
+    clock.advance(61)
     changed = await client.get(path)
     assert changed.headers["X-Cache"] == "MISS"
     assert len(await changed.json()) == 7
@@ -174,15 +177,18 @@ async def test_study_becomes_final_and_stops_revalidating(
     relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
 ) -> None:
     counting, server = relay
-    client = await proxy_to(dicomweb(server), metadata_ttl=0.1, finalized_after=0.2)
+    clock = FakeClock()
+    client = await proxy_to(dicomweb(server), clock=clock)  # --metadata-ttl 60 s, a day final
     path = f"/dicom-web/studies/{study.uid}/metadata"
     await (await client.get(path)).read()
     await settle(client)
-    await asyncio.sleep(0.3)
-    assert (await client.get(path)).headers["X-Cache"] == "REVALIDATED"
+    clock.advance(61)
+    assert (await client.get(path)).headers["X-Cache"] == "REVALIDATED"  # not final yet
+    clock.advance(86400)
+    assert (await client.get(path)).headers["X-Cache"] == "REVALIDATED"  # now final
     counts_before = counting.total("/dicom-web/studies?")
-    await asyncio.sleep(0.2)
     for _ in range(3):
+        clock.advance(61)
         assert (await client.get(path)).headers["X-Cache"] == "HIT"
     assert counting.total("/dicom-web/studies?") == counts_before
 
@@ -223,7 +229,8 @@ async def test_offline_serving_when_the_upstream_is_down(
     relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
 ) -> None:
     counting, server = relay
-    client = await proxy_to(dicomweb(server), metadata_ttl=0.1)
+    clock = FakeClock()
+    client = await proxy_to(dicomweb(server), clock=clock)  # --metadata-ttl 60 s, stale 1 h
     cached = instance_path(study)
     body = await (await client.get(cached)).read()
     await settle(client)
@@ -231,7 +238,7 @@ async def test_offline_serving_when_the_upstream_is_down(
     await (await client.get(metadata)).read()
     await settle(client)
     counting.down = True
-    await asyncio.sleep(0.2)
+    clock.advance(61)
     hit = await client.get(cached)
     assert hit.headers["X-Cache"] == "HIT" and await hit.read() == body
     stale = await client.get(metadata)
@@ -241,6 +248,10 @@ async def test_offline_serving_when_the_upstream_is_down(
     assert len(await stale.json()) == 6
     uncached = await client.get(instance_path(study, 2))
     assert uncached.status == 503  # the relay's own 503 passes through unchanged
+    clock.advance(3600)  # past --stale-if-error: the study entry is not served any more
+    assert (await client.get(metadata)).status == 503
+    hit = await client.get(cached)
+    assert hit.headers["X-Cache"] == "HIT" and await hit.read() == body
 
 
 async def test_uncached_requests_get_problem_documents_when_upstream_unreachable(
@@ -327,13 +338,18 @@ async def test_qido_cached_only_with_qido_ttl(
     for _ in range(2):
         response = await uncached.get(path)
         assert "X-Cache" not in response.headers
-    cached = await proxy_to(dicomweb(server), data="b", qido_ttl=60)
+    clock = FakeClock()
+    cached = await proxy_to(dicomweb(server), data="b", clock=clock, qido_ttl=60)
     for _ in range(2):
         await (await cached.get(path)).read()
         await settle(cached)
         await settle(cached)
+    clock.advance(59)
     assert (await cached.get(path)).headers["X-Cache"] == "HIT"
     assert counting.total(path) == 3
+    clock.advance(2)
+    assert (await cached.get(path)).headers["X-Cache"] == "MISS"
+    assert counting.total(path) == 4
 
 
 async def test_no_cache_option_forwards_everything(
