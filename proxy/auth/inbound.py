@@ -21,7 +21,6 @@ import hmac
 import logging
 import secrets
 from base64 import b64decode
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -30,6 +29,7 @@ from passlib.context import CryptContext
 
 from proxy.auth.watched import WatchedFile
 from proxy.errors import Unauthorized
+from proxy.lru import LRU
 from proxy.state import INBOUND
 
 log = logging.getLogger("dicomweb_proxy.auth")
@@ -74,9 +74,8 @@ class HtpasswdGate(Gate):
 
     def __init__(self, file: WatchedFile, *, cache_size: int = 1024) -> None:
         self._file = file
-        self._cache_size = cache_size
         self._key = secrets.token_bytes(32)
-        self._verdicts: OrderedDict[bytes, bool] = OrderedDict()
+        self._verdicts: LRU[bytes, bool] = LRU(cache_size)
         self._version = -1
         self._hashes: dict[str, str] = {}
         self._reload()
@@ -100,10 +99,9 @@ class HtpasswdGate(Gate):
         key = self._verdict_key(user, password)
         cached = self._verdicts.get(key)
         if cached is not None:
-            self._verdicts.move_to_end(key)
             return cached
         verdict = await asyncio.to_thread(self._verify, user, password)
-        self._remember(key, verdict)
+        self._verdicts.put(key, verdict)
         return verdict
 
     def _verdict_key(self, user: str, password: str) -> bytes:
@@ -118,11 +116,6 @@ class HtpasswdGate(Gate):
             return bool(_SCHEMES.verify(password, stored))
         except ValueError:  # e.g. bcrypt refuses passwords over 72 bytes
             return False
-
-    def _remember(self, key: bytes, verdict: bool) -> None:
-        self._verdicts[key] = verdict
-        while len(self._verdicts) > self._cache_size:
-            self._verdicts.popitem(last=False)
 
     def _reload(self) -> None:
         text = self._file.text()
