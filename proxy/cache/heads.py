@@ -11,8 +11,7 @@ recently used first.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
+from proxy.lru import LRU
 from proxy.responses import Head
 
 MAX_HEADS = 8192
@@ -23,15 +22,10 @@ HeadKey = tuple[str, str, str, bool]  # file, public base, cache result, gzipped
 class Heads:
     def __init__(self, max_heads: int = MAX_HEADS) -> None:
         self.max_heads = max_heads
-        self._heads: OrderedDict[HeadKey, Head] = OrderedDict()
+        self._heads: LRU[HeadKey, Head] = LRU(max_heads)
 
     def get(self, key: HeadKey) -> Head | None:
-        head = self._heads.get(key)
-        if head is not None:
-            self._heads.move_to_end(key)
-        return head
+        return self._heads.get(key)
 
     def put(self, key: HeadKey, head: Head) -> None:
-        self._heads[key] = head
-        if len(self._heads) > self.max_heads:
-            self._heads.popitem(last=False)
+        self._heads.put(key, head)
