@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections import OrderedDict
 from typing import BinaryIO
 
 from proxy.cache.store import Hit, Store
 from proxy.compression import compressible
 from proxy.dicomweb.media import multipart_boundary
 from proxy.dicomweb.rewrite import Rewriter
+from proxy.lru import LRU
 
 MAX_BYTES = 64 * 1024 * 1024
 MAX_SOURCE = 16 * 1024 * 1024
@@ -46,8 +46,7 @@ def weak(etag: str) -> str:
 class Variants:
     def __init__(self, max_bytes: int = MAX_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._bodies: OrderedDict[VariantKey, bytes] = OrderedDict()
-        self._size = 0
+        self._bodies: LRU[VariantKey, bytes] = LRU(max_weight=max_bytes, weigh=len)
         self._making: dict[VariantKey, asyncio.Future[bytes | None]] = {}
         self.made = 0  # variants built so far (each once per key while kept)
 
@@ -59,7 +58,6 @@ class Variants:
         key = _key(hit, rewriter, compress)
         found = self._bodies.get(key)
         if found is not None:
-            self._bodies.move_to_end(key)
             return found
         if hit.meta.size > MAX_SOURCE:
             return None
@@ -100,11 +98,7 @@ class Variants:
         self.made += 1
         if len(data) > self.max_bytes // 8:
             return
-        self._bodies[key] = data
-        self._size += len(data)
-        while self._size > self.max_bytes:
-            _, dropped = self._bodies.popitem(last=False)
-            self._size -= len(dropped)
+        self._bodies.put(key, data)
 
 
 def _key(hit: Hit, rewriter: Rewriter, compress: bool) -> VariantKey:
