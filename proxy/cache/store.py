@@ -15,12 +15,13 @@ import os
 import shutil
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import diskcache
+
+from proxy.lru import LRU
 
 # A mode number diskcache does not use: "value is a body file plus JSON meta".
 MODE_BODY = 7
@@ -108,7 +109,7 @@ class Store:
         self.directory = directory
         self.tmp = directory / "tmp"
         self.size_limit = size_limit
-        self._hot: OrderedDict[str, tuple[float, Hit]] = OrderedDict()
+        self._hot: LRU[str, tuple[float, Hit]] = LRU(HOT_ENTRIES)
         self._states: dict[str, tuple[float, StudyState | None]] = {}
         self.index = diskcache.Cache(
             str(directory / "index"),
@@ -143,28 +144,24 @@ class Store:
         now = time.monotonic()
         remembered = self._hot.get(key)
         if remembered is not None and now - remembered[0] < HOT_SECONDS:
-            self._hot.move_to_end(key)
             return remembered[1]
         found = self.index.get(key, default=None, retry=True)
         if not isinstance(found, Hit):
-            self._hot.pop(key, None)
+            self._hot.pop(key)
             return None
         found = replace(found, key=key)
-        self._hot[key] = (now, found)
-        self._hot.move_to_end(key)
-        if len(self._hot) > HOT_ENTRIES:
-            self._hot.popitem(last=False)
+        self._hot.put(key, (now, found))
         return found
 
     def forget(self, key: str) -> None:
-        self._hot.pop(key, None)
+        self._hot.pop(key)
 
     def commit(self, key: str, body: NewBody, tag: str | None) -> bool:
         """Adopt a finished body; False (and the temp file removed) when it cannot fit."""
         if body.meta.size > self.size_limit:
             body.temp_path.unlink(missing_ok=True)
             return False
-        self._hot.pop(key, None)
+        self._hot.pop(key)
         self.index.set(key, body, tag=tag, retry=True)
         if self.index.volume() > self.size_limit:
             self.index.cull(retry=True)
