@@ -30,7 +30,7 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from proxy.cache.policy import Policy
 from proxy.cache.store import Hit
 from proxy.cache.stored import StoredBody
 from proxy.exchange import REQUEST_ID, Exchange
+from proxy.lru import LRU
 
 # One complete request with no body: request line and header lines ending in CRLF
 # CRLF (RFC 9112 section 2.1), names as tokens (RFC 9110 section 5.6.2), values of
@@ -157,8 +158,9 @@ class Lane:
     ) -> None:
         self._fresh_hit = fresh_hit
         self._results = results  # the cache's counts by result (the status page's)
-        self._answers: OrderedDict[Signature, Answer] = OrderedDict()
-        self._held = 0
+        self._answers: LRU[Signature, Answer] = LRU(
+            max_answers, max_weight=max_held_bytes, weigh=_held_bytes
+        )
         self.max_answers = max_answers
         self.max_held_bytes = max_held_bytes
         self._seen: dict[bytes, Candidate] = {}
@@ -190,22 +192,16 @@ class Lane:
             return None
         hit = self._fresh_hit(answer.policy)
         if hit is None or hit.path != answer.body_path:
-            self._drop(found.signature)
+            self._answers.pop(found.signature)
             return None
-        self._answers.move_to_end(found.signature)
         return answer
 
     def learn(self, signature: Signature, answer: Answer) -> None:
         if not self.open:
             return
-        self._drop(signature)
-        held = len(answer.data) if answer.data is not None else 0
-        if held > self.max_held_bytes:
-            return
-        self._answers[signature] = answer
-        self._held += held
-        while len(self._answers) > self.max_answers or self._held > self.max_held_bytes:
-            self._drop(next(iter(self._answers)))
+        self._answers.pop(signature)
+        if _held_bytes(answer) <= self.max_held_bytes:
+            self._answers.put(signature, answer)
 
     def answered(self) -> None:
         self._results["hit"] += 1
@@ -215,7 +211,6 @@ class Lane:
         """Answer nothing more (the proxy is stopping: aiohttp answers 503)."""
         self.open = False
         self._answers.clear()
-        self._held = 0
 
     def head(self, answer: Answer, request_id: bytes) -> bytes:
         """The learned head with this answer's ``Date`` and ``X-Request-ID``."""
@@ -229,10 +224,9 @@ class Lane:
             self._date_second = now
         return self._date
 
-    def _drop(self, signature: Signature) -> None:
-        gone = self._answers.pop(signature, None)
-        if gone is not None and gone.data is not None:
-            self._held -= len(gone.data)
+
+def _held_bytes(answer: Answer) -> int:
+    return len(answer.data) if answer.data is not None else 0
 
 
 def learned_head(status: int, reason: str, headers: Iterable[tuple[str, str]]) -> bytes | None:
