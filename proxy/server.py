@@ -16,12 +16,12 @@ boundary, so the order of answers and the framing stay aiohttp's:
 An answer is sent with ``sendfile`` (or one write of bytes held in memory); what the
 socket does not take at once waits for ``loop.sendfile``, with reading paused, and
 aiohttp's graceful shutdown waits for it.  Each answer is counted, timed and logged as
-aiohttp-served requests are (:func:`proxy.logs.account`).
+aiohttp-served requests are (:func:`proxy.logs.account_express`).
 
-This module and :mod:`proxy.cache.stored` are where aiohttp internals are used
-(``RequestHandler`` attributes, ``Server._kwargs``, ``BaseSite._server``); aiohttp's
-versions are pinned in ``pyproject.toml`` and ``tests/test_aiohttp_contract.py`` fails
-by name when one of them changes.
+What this needs of aiohttp's protocol beyond its public API (whether it is idle, its
+keep-alive timer, how ``web.Server`` makes it) and the writes to the socket past the
+transport are :mod:`proxy.internals`'.  :class:`Runner` overrides ``BaseRunner.server``,
+which sites call for each connection (``tests/test_aiohttp_contract.py`` checks both).
 """
 
 from __future__ import annotations
@@ -30,19 +30,15 @@ import asyncio
 import functools
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from aiohttp import web, web_protocol
 
-from proxy import logs
+from proxy import internals, logs
 from proxy.cache.express import Answer, Lane
-from proxy.cache.stored import send_more, send_now, sendfile_on, socket_if_idle
 from proxy.state import EXPRESS
-
-_TCP = (socket.AF_INET, socket.AF_INET6)
 
 
 class Connection(web_protocol.RequestHandler):
@@ -80,31 +76,29 @@ class Connection(web_protocol.RequestHandler):
         if found is None:
             self._lane = None
             return False
-        if not self._aiohttp_idle():  # e.g. still finishing its last answer: it queues this
+        if not internals.protocol_idle(
+            self
+        ):  # e.g. still finishing its last answer: it queues this
             return False
         answer = lane.find(found)
         transport = self.transport
         if answer is None or transport is None:
             return False
-        sock = socket_if_idle(transport)
-        if sock is None or sock.family not in _TCP:  # bytes in order, unencrypted, TCP
+        sock = internals.socket_if_idle(transport)
+        if sock is None or sock.family not in internals.TCP:  # bytes in order, unencrypted, TCP
             return False
         request_id = found.request_id or os.urandom(16).hex().encode()
         return self._answer(lane, answer, request_id, transport, sock)
-
-    def _aiohttp_idle(self) -> bool:
-        waiter = self._waiter
-        return waiter is not None and not waiter.done() and not self._messages
 
     def _answer(
         self, lane: Lane, answer: Answer, request_id: bytes, transport: asyncio.Transport, sock: Any
     ) -> bool:
         started = time.perf_counter()
         head = lane.head(answer, request_id)
-        self._keep_alive()
+        internals.keep_alive(self)
         if answer.data is not None:
             lane.answered()  # before the first byte: whoever gets it may look at the count
-            sent = send_now(sock, [head, answer.data])
+            sent = internals.send_now(sock, [head, answer.data])
             if sent < len(head) + answer.size:
                 transport.write((head + answer.data)[sent:])  # the transport sends the rest
             self._done(lane, answer, request_id, started, len(head))
@@ -116,7 +110,7 @@ class Connection(web_protocol.RequestHandler):
         lane.answered()
         sent = 0
         if _send_head(transport, sock, head):
-            sent = sendfile_on(sock, body, 0, answer.size)
+            sent = internals.sendfile_on(sock, body, 0, answer.size)
         if sent == answer.size:
             body.close()
             self._done(lane, answer, request_id, started, len(head))
@@ -154,20 +148,15 @@ class Connection(web_protocol.RequestHandler):
 
     def _release_held(self) -> None:
         held, self._held = self._held, b""
-        if held and not self._force_close:
+        if held and not internals.closing(self):
             self.data_received(held)
 
     def _done(
         self, lane: Lane, answer: Answer, request_id: bytes, started: float, head: int
     ) -> None:
-        self._keep_alive()
+        internals.keep_alive(self)
         seconds = time.perf_counter() - started
         logs.account_express(self._app, answer, request_id.decode(), self._remote, seconds, head)
-
-    def _keep_alive(self) -> None:
-        """Push aiohttp's idle-connection timer on: the connection is in use."""
-        if self._keepalive_timeout > 0:
-            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:
         """aiohttp's graceful shutdown, after the answer being sent is complete."""
@@ -181,7 +170,7 @@ def _send_head(transport: asyncio.Transport, sock: Any, head: bytes) -> bool:
     """The head with MSG_MORE; True when it all went out (else the transport holds the
     rest, and sends it before anything written after)."""
     try:
-        sent = send_more(sock, head)
+        sent = internals.send_more(sock, head)
     except BlockingIOError:
         sent = 0
     if sent < len(head):
@@ -204,7 +193,7 @@ class Runner(web.AppRunner):
 
 def _connection(server: web.Server, app: web.Application) -> Connection:
     """What ``web.Server.__call__`` makes, with the lane in front."""
-    return Connection(server, app, loop=server._loop, **server._kwargs)
+    return internals.make_protocol(server, Connection, app)
 
 
 def run(app: web.Application, host: str, port: int, *, reuse_port: bool, grace: float) -> None:

@@ -1,5 +1,5 @@
-"""The aiohttp internals the hit path relies on (proxy/cache/stored.py, proxy/server.py),
-by name.
+"""The aiohttp internals the hit path relies on, by the name of the function in
+proxy/internals.py that uses each (the only module that reaches past aiohttp's API).
 
 aiohttp's version is pinned to the minor releases tested (pyproject.toml); an upgrade
 that renames or changes one of these fails here, naming it, instead of turning hits
@@ -15,28 +15,27 @@ from typing import Any
 import aiohttp
 from aiohttp import web, web_protocol
 
-from proxy import server
+from proxy import internals, server
 from proxy.cache import stored
+from tests.support import eventually_async
+
+# -- the held head: internals.HeldHead, internals.take_head ----------------------------
 
 
-class HeldHead(web.StreamResponse):
-    _send_headers_immediately = False
-
-
-async def test_a_prepared_head_is_held_taken_and_sent_by_hand(
+async def test_take_head_takes_a_held_head_that_is_then_sent_by_hand(
     aiohttp_client: Callable[..., Any],
 ) -> None:
-    """``StreamResponse._send_headers_immediately = False`` leaves the serialised head in
-    ``StreamResponse._payload_writer``, a ``StreamWriter`` whose ``_headers_buf`` /
-    ``_headers_written`` stored._take_head reads and marks as sent; aiohttp must then
-    not send it a second time."""
+    """``HeldHead`` (``StreamResponse._send_headers_immediately = False``) leaves the
+    serialised head in the writer ``prepare`` returns, a ``StreamWriter`` whose
+    ``_headers_buf`` / ``_headers_written`` take_head reads and marks as sent; aiohttp
+    must then not send it a second time."""
     taken: list[bytes | None] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        response = HeldHead(status=200, headers={"X-Contract": "held"})
+        response = internals.HeldHead(status=200, headers={"X-Contract": "held"})
         response.content_length = 4
-        await response.prepare(request)
-        head = stored._take_head(response._payload_writer)
+        writer = await response.prepare(request)
+        head = internals.take_head(writer)
         taken.append(head)
         assert request.transport is not None and head is not None
         request.transport.write(head + b"body")
@@ -53,8 +52,10 @@ async def test_a_prepared_head_is_held_taken_and_sent_by_hand(
     assert all(head and head.startswith(b"HTTP/1.1 200 OK\r\n") for head in taken)
 
 
-def test_stored_body_holds_its_head() -> None:
-    assert stored.StoredBody._send_headers_immediately is False
+def test_held_head_overrides_the_attribute_stream_responses_have() -> None:
+    assert web.StreamResponse._send_headers_immediately is True
+    assert internals.HeldHead._send_headers_immediately is False
+    assert issubclass(stored.StoredBody, internals.HeldHead)
 
 
 def test_the_pinned_minor_versions() -> None:
@@ -63,36 +64,49 @@ def test_the_pinned_minor_versions() -> None:
     assert (3, 12) <= (major, minor) < (3, 15)
 
 
-# -- proxy/server.py: the express lane in front of aiohttp's protocol -----------------
+# -- the protocol: protocol_idle, keep_alive, closing, make_protocol ------------------
 
 
 async def _ok(request: web.BaseRequest) -> web.Response:
     return web.Response(text="ok")
 
 
-async def test_the_protocol_attributes_the_lane_reads_and_sets() -> None:
-    """Connection reads ``RequestHandler._waiter`` / ``_messages`` (aiohttp is idle),
+async def test_the_protocol_state_the_lane_reads_and_sets() -> None:
+    """``protocol_idle`` reads ``RequestHandler._waiter`` / ``_messages``, ``keep_alive``
     pushes ``_next_keepalive_close_time`` on by ``_keepalive_timeout`` from
-    ``_loop.time()``, and is made as ``web.Server.__call__`` makes a handler, from the
-    server's ``_loop`` and ``_kwargs``."""
-    slots = {
-        name
-        for cls in web_protocol.RequestHandler.__mro__
-        for name in getattr(cls, "__slots__", ())
-    }
-    for name in (
-        "_waiter",
-        "_messages",
-        "_keepalive_timeout",
-        "_next_keepalive_close_time",
-        "_loop",
-        "_force_close",
-    ):
-        assert name in slots, name
-    made = web.Server(_ok)
-    assert hasattr(made, "_loop") and isinstance(made._kwargs, dict)
+    ``_loop.time()``, ``closing`` reads ``_force_close``; ``make_protocol`` makes a
+    protocol from ``Server._loop`` and ``_kwargs``, as ``web.Server.__call__`` does."""
+    during: list[bool] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        during.append(internals.protocol_idle(request.protocol))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = server.Runner(app, access_log=None, keepalive_timeout=30)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/") as response:
+                assert await response.text() == "ok"
+            (connection,) = runner._server._connections  # type: ignore[union-attr]
+            assert type(connection) is server.Connection
+            await eventually_async(lambda: internals.protocol_idle(connection))
+            assert during == [False]  # a request in progress: not idle
+            connection._next_keepalive_close_time = 0.0
+            internals.keep_alive(connection)
+            assert connection._next_keepalive_close_time > connection._loop.time() + 20
+            assert not internals.closing(connection)
+            connection.force_close()
+            assert internals.closing(connection)
+    finally:
+        await runner.cleanup()
     params = inspect.signature(web_protocol.RequestHandler.shutdown).parameters
-    assert "timeout" in params
+    assert "timeout" in params  # Connection.shutdown passes it on
 
 
 async def test_sites_make_protocols_through_the_runners_server_property() -> None:

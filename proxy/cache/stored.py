@@ -18,32 +18,28 @@ the same two calls costs two more system calls and measured slower than neither.
 Bodies below :data:`JOIN_BELOW` are cheaper joined to their headers in one write (the
 cache answers those with a plain ``web.Response``, as it does for the rewritten or
 gzipped variants it holds in memory, :mod:`proxy.cache.variants`).
+
+Taking the head from aiohttp's writer and writing to the socket past the transport are
+:mod:`proxy.internals`'.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
+
+from proxy import internals
 
 JOIN_BELOW = 64 * 1024
 
 
-class StoredBody(web.StreamResponse):
+class StoredBody(internals.HeldHead):
     """``size`` bytes of a stored body from ``offset`` (all of it, or one byte range),
     sent from ``handle`` (then closed)."""
-
-    # aiohttp keeps the serialised head in its writer until the first body write (as
-    # it does for a web.Response), so that :meth:`_send_head` can send it with MSG_MORE.
-    _send_headers_immediately = False
 
     def __init__(
         self,
@@ -67,21 +63,21 @@ class StoredBody(web.StreamResponse):
         try:
             writer = await super().prepare(request)
             if request.method != "HEAD" and self.content_length:
-                await self._send(request)
+                await self._send(request, writer)
             await super().write_eof()  # sends the head itself when no body went out
             return writer
         finally:
             self._handle.close()
 
-    async def _send(self, request: web.BaseRequest) -> None:
+    async def _send(self, request: web.BaseRequest, writer: AbstractStreamWriter | None) -> None:
         size = self.content_length or 0
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("connection lost")
         try:
-            self._send_head(transport)
+            self._send_head(transport, writer)
             offset = self._offset
-            sent = sendfile_now(transport, self._handle, offset, size)  # usually all of it
+            sent = internals.sendfile_now(transport, self._handle, offset, size)  # usually all
             if sent < size:
                 await asyncio.get_running_loop().sendfile(
                     transport, self._handle, offset + sent, size - sent
@@ -96,91 +92,18 @@ class StoredBody(web.StreamResponse):
         except ConnectionError as exc:  # the client went away mid-body
             raise ConnectionResetError(str(exc)) from exc
 
-    def _send_head(self, transport: asyncio.Transport) -> None:
+    def _send_head(self, transport: asyncio.Transport, writer: AbstractStreamWriter | None) -> None:
         """The head with MSG_MORE when the socket is idle and TCP, else as aiohttp would."""
-        sock = socket_if_idle(transport)
-        head = _take_head(self._payload_writer) if sock and sock.family in _TCP else None
+        sock = internals.socket_if_idle(transport)
+        head = internals.take_head(writer) if sock and sock.family in internals.TCP else None
         if head is None:
-            if self._payload_writer is not None:
-                self._payload_writer.send_headers()
+            if writer is not None:
+                writer.send_headers()
             return
         try:
-            sent = send_more(sock, head)
+            sent = internals.send_more(sock, head)
         except BlockingIOError:
             sent = 0
         if sent < len(head):
             transport.write(head[sent:])  # the transport sends the rest, in order
         self.sent_directly += len(head)
-
-
-_TCP = (socket.AF_INET, socket.AF_INET6)
-
-
-def _take_head(writer: AbstractStreamWriter | None) -> bytes | None:
-    """The status line and headers aiohttp's writer holds, now marked as sent; None
-    when it holds none.  (``StreamWriter._headers_buf``, aiohttp 3.12 and later.)"""
-    if not isinstance(writer, StreamWriter):
-        return None
-    head = getattr(writer, "_headers_buf", None)
-    if not isinstance(head, bytes) or getattr(writer, "_headers_written", True):
-        return None
-    writer._headers_buf = None
-    writer._headers_written = True
-    return head
-
-
-def send_more(transport_socket: Any, data: bytes) -> int:
-    """send(2) with MSG_MORE on a connection's socket."""
-    with _borrowed(transport_socket) as sock:
-        return sock.send(data, socket.MSG_MORE)
-
-
-def send_now(transport_socket: Any, parts: list[bytes]) -> int:
-    """sendmsg(2) of ``parts`` in one call (no joined copy); the bytes the socket took."""
-    with _borrowed(transport_socket) as sock:
-        try:
-            return sock.sendmsg(parts)
-        except BlockingIOError:
-            return 0
-
-
-@contextlib.contextmanager
-def _borrowed(transport_socket: Any) -> Iterator[socket.socket]:
-    """asyncio hands out a TransportSocket, which has no ``send``: a socket object
-    around the same descriptor makes the call and is detached after, so the descriptor
-    stays the transport's."""
-    sock = socket.socket(
-        transport_socket.family, transport_socket.type, 0, transport_socket.fileno()
-    )
-    try:
-        yield sock
-    finally:
-        sock.detach()
-
-
-def socket_if_idle(transport: asyncio.Transport) -> Any:
-    """The connection's socket when bytes written to it go straight to the client: the
-    transport holds nothing back (order) and encrypts nothing (TLS)."""
-    if transport.get_write_buffer_size() or transport.get_extra_info("sslcontext"):
-        return None
-    return transport.get_extra_info("socket")
-
-
-def sendfile_now(transport: asyncio.Transport, handle: BinaryIO, offset: int, size: int) -> int:
-    """Bytes sent at once with ``os.sendfile`` while the socket takes them."""
-    sock = socket_if_idle(transport)
-    return 0 if sock is None else sendfile_on(sock, handle, offset, size)
-
-
-def sendfile_on(sock: Any, handle: BinaryIO, offset: int, size: int) -> int:
-    """:func:`sendfile_now` on a socket :func:`socket_if_idle` gave."""
-    sent = 0
-    try:
-        while sent < size:
-            count = os.sendfile(sock.fileno(), handle.fileno(), offset + sent, size - sent)
-            if count == 0:
-                break
-            sent += count
-    except BlockingIOError:
-        pass
-    return sent

@@ -16,7 +16,7 @@ import requests
 
 from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
-from proxy import server
+from proxy import internals, server
 from proxy.cache.express import Answer, Candidate, Lane, candidate, parse
 from proxy.cache.policy import Lifetime, Policy
 from proxy.cache.store import Hit, Meta
@@ -453,7 +453,7 @@ def test_a_slow_reader_gets_every_byte_and_its_next_answer(
     """The socket takes part of the answer at once; the rest follows, and a request sent
     meanwhile is answered after it, in order."""
     rests: list[str] = []
-    real_send_now, real_send_rest = server.send_now, server.Connection._send_rest
+    real_send_now, real_send_rest = internals.send_now, server.Connection._send_rest
 
     def send_some(sock: Any, parts: list[bytes]) -> int:  # a socket that takes 1,000 bytes
         rests.append("held")
@@ -463,7 +463,7 @@ def test_a_slow_reader_gets_every_byte_and_its_next_answer(
         rests.append("file")
         await real_send_rest(self, *args)
 
-    monkeypatch.setattr(server, "send_now", send_some)
+    monkeypatch.setattr(internals, "send_now", send_some)
     monkeypatch.setattr(server.Connection, "_send_rest", send_rest)
     huge = make_study(1, 1, rows=rows, columns=rows)
     for _, _, data in huge.instances:

@@ -1,4 +1,5 @@
-"""Stored bodies on the wire: head with MSG_MORE, body with sendfile (proxy.cache.stored)."""
+"""Stored bodies on the wire: head with MSG_MORE, body with sendfile (proxy.cache.stored,
+through proxy.internals)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from proxy import internals
 from proxy.app import create_app
-from proxy.cache import stored
 from tests.cache.test_cache import INSTANCE, settle
 from tests.support import make_settings
 from tests.upstreams import RawUpstream
@@ -22,13 +23,13 @@ ACCEPT = 'multipart/related; type="application/dicom"'
 def heads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Lengths of the heads sent with MSG_MORE (the real call is still made)."""
     sent: list[int] = []
-    real = stored.send_more
+    real = internals.send_more
 
     def spy(sock: Any, data: bytes) -> int:
         sent.append(len(data))
         return real(sock, data)
 
-    monkeypatch.setattr(stored, "send_more", spy)
+    monkeypatch.setattr(internals, "send_more", spy)
     return sent
 
 
@@ -90,8 +91,8 @@ async def test_a_head_the_socket_took_in_part_is_finished_in_order(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = stored.send_more
-    monkeypatch.setattr(stored, "send_more", lambda sock, data: real(sock, data[:7]))
+    real = internals.send_more
+    monkeypatch.setattr(internals, "send_more", lambda sock, data: real(sock, data[:7]))
     port = await warm_proxy(aiohttp_client, raw, tmp_path)
     [(status, headers, body), _] = responses(await exchange(port, ["GET"]), ["GET", "GET"])
     assert status == b"HTTP/1.1 200 OK" and headers["x-cache"] == "HIT"
@@ -119,4 +120,4 @@ class FakeTransport:
 )
 def test_direct_writes_only_on_an_idle_plain_socket(transport: FakeTransport, direct: bool) -> None:
     """Bytes written past the transport would overtake what it holds, or skip TLS."""
-    assert (stored.socket_if_idle(transport) is not None) is direct  # type: ignore[arg-type]
+    assert (internals.socket_if_idle(transport) is not None) is direct  # type: ignore[arg-type]
