@@ -53,8 +53,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     """``clock`` gives the cache's wall-clock seconds (tests pass a fake one to step
     through TTLs, finality and stale-if-error without sleeping)."""
     app = web.Application(
-        # Access log outermost; inbound auth after CORS: browsers send preflights
-        # without credentials.
+        # Access accounting outermost; inbound auth after CORS: browsers send
+        # preflights without credentials.
         middlewares=[
             logs.access_middleware,
             problem_middleware,
@@ -63,6 +63,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         ],
         client_max_size=0,
         handler_args={
+            # The access line and the request metrics, whichever runner serves the app.
+            **logs.handler_args(),
             "max_field_size": 16384,
             "max_line_size": 16384,
             # aiohttp closes a connection whose request has not fully arrived when its

@@ -6,8 +6,15 @@ section 4), status, bytes sent, duration, the cache result (the response's ``X-C
 the time the upstream took to send its headers, and the request id.  No header value,
 query value or secret is ever written.
 
-The same middleware records the request metrics (:mod:`proxy.metrics`) and keeps the
-last :data:`RECENT_SIZE` records for the ``/admin/`` status page.
+aiohttp finishes each response and then calls its access logger (:class:`AccessLogger`,
+given to every runner by ``create_app``'s ``handler_args``): that one call per request
+writes the line, records the request metrics (:mod:`proxy.metrics`: requests, duration,
+cache result, bytes served) and keeps the last :data:`RECENT_SIZE` records for the
+``/admin/`` status page.  :func:`access_middleware` only does what must happen inside the
+request: it starts the upstream timing, answers 499 for a client gone mid-response,
+and accounts for the requests aiohttp calls no logger for (a cancelled handler, one
+that failed after its response began).  The express lane's answers are accounted
+by :func:`account_express`.
 """
 
 from __future__ import annotations
@@ -19,11 +26,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
+from aiohttp.abc import AbstractAccessLogger
 
 from proxy import exchange as exchanges
 from proxy import metrics
@@ -43,21 +50,34 @@ _QUERY_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _FROM_CACHE = frozenset({"HIT", "STALE", "REVALIDATED"})
+CLIENT_GONE = 499  # the client went away before the end (nginx's convention)
 
 
-@dataclass
-class UpstreamTiming:
-    """Upstream requests made while serving one client request."""
+@dataclass(slots=True)
+class Pending:
+    """A client request :func:`access_middleware` saw, until it is accounted for: its
+    start, the upstream requests made while serving it, whether its line is written."""
 
-    seconds: float = 0.0
-    requests: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    upstream_seconds: float = 0.0
+    upstream_requests: int = 0
+    accounted: bool = False
 
 
-_TIMING: ContextVar[UpstreamTiming | None] = ContextVar("upstream_timing", default=None)
+# The request's own (the access logger runs after the middleware has returned); the
+# ContextVar is how the upstream, which is not given the request, finds it.
+PENDING = web.RequestKey("access_pending", Pending)
+_PENDING: ContextVar[Pending | None] = ContextVar("access_pending", default=None)
 
 
 def setup(app: web.Application) -> None:
     app[RECENT] = deque(maxlen=RECENT_SIZE)
+
+
+def handler_args() -> dict[str, Any]:
+    """What an application passes aiohttp (``web.Application(handler_args=...)``) so that
+    every runner serving it, the proxy's and the tests', calls :class:`AccessLogger`."""
+    return {"access_log_class": AccessLogger, "access_log": ACCESS}
 
 
 def observe_upstream(app: web.Application) -> UpstreamObserver:
@@ -66,69 +86,86 @@ def observe_upstream(app: web.Application) -> UpstreamObserver:
 
     def observe(status: str, seconds: float) -> None:
         metrics.upstream_response(app, status, seconds)
-        timing = _TIMING.get()
-        if timing is not None:
-            timing.seconds += seconds
-            timing.requests += 1
+        pending = _PENDING.get()
+        if pending is not None:
+            pending.upstream_seconds += seconds
+            pending.upstream_requests += 1
 
     return observe
 
 
-# -- the middleware -------------------------------------------------------------------
+# -- inside the request: the middleware ----------------------------------------------
 
 
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost middleware: the response is finished here, so bytes and duration are
-    those of the whole exchange."""
-    started = time.perf_counter()
-    timing = UpstreamTiming()
-    token = _TIMING.set(timing)
-    response: web.StreamResponse | None = None
-    status = 500
+    """Outermost middleware: marks the request as one to account for, times its
+    upstream requests, and turns a client gone mid-response into a response aiohttp
+    logs (status 499, :func:`_status`)."""
+    pending = request[PENDING] = Pending()
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(lambda done: _account_unlogged(request, pending, done))
+    token = _PENDING.set(pending)
     try:
-        response = await handler(request)
-        status = response.status
-        await _finish(request, response)
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        status = 499  # the client went away before the end (nginx's convention)
-        raise
+        return await handler(request)
     except ConnectionResetError:
         # The client went away mid-response: nothing to report to anyone.  Raising
         # would make aiohttp log an "Error handling request" traceback for it.
-        status = 499
         if request.transport is not None:
             request.transport.abort()
-        return response or web.Response(status=499)
+        return web.Response(status=CLIENT_GONE)
     finally:
-        _TIMING.reset(token)
-        seconds = time.perf_counter() - started
-        _account(request, access_record(request, response, status, seconds, timing), seconds)
+        _PENDING.reset(token)
 
 
-class FileResponse(web.FileResponse):
-    """The file response to use behind :func:`access_middleware`.
-
-    The middleware finishes every response itself (so bytes and duration cover the
-    whole exchange); aiohttp then calls ``prepare`` again.  That second call is a no-op
-    for a StreamResponse, but aiohttp's FileResponse would open and send the file again.
-    """
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self.prepared:
-            return None
-        return await super().prepare(request)
+def _account_unlogged(request: web.Request, pending: Pending, task: asyncio.Task[Any]) -> None:
+    """When the request's task ends: aiohttp calls no access logger for a cancelled
+    handler (499: the client or the proxy stopped it), nor for one that raised after its
+    response began (500, as aiohttp's own answer to a failed handler)."""
+    if not pending.accounted:
+        status = CLIENT_GONE if task.cancelled() else 500
+        _account(request, None, status, time.perf_counter() - pending.started, pending)
 
 
-async def _finish(request: web.Request, response: web.StreamResponse) -> None:
-    """Send a not-yet-sent response now; aiohttp's own send afterwards is a no-op."""
-    if not response.prepared:
-        await response.prepare(request)
-    await response.write_eof()
+# -- after the response: aiohttp's access logger --------------------------------------
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Called by aiohttp once per request, after the response was finished (or the
+    client went away while aiohttp finished it), with the time since it began."""
+
+    @property
+    def enabled(self) -> bool:
+        # aiohttp's default asks the logger's level; the metrics count every request.
+        return True
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        pending = request.get(PENDING)
+        if pending is None or pending.accounted or not isinstance(request, web.Request):
+            return  # aiohttp's own answer to a request that reached no handler (unparsable)
+        _account(request, response, _status(request, response), time, pending)
+
+
+def _status(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """The response's status, or 499 when the connection closed before the end: the
+    middleware aborted it, or aiohttp could not finish a response to a client gone."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return CLIENT_GONE
+    return response.status
+
+
+def _account(
+    request: web.Request,
+    response: web.StreamResponse | None,
+    status: int,
+    seconds: float,
+    pending: Pending,
+) -> None:
+    pending.accounted = True
+    record = access_record(request, response, status, seconds, pending)
+    _record(request.app, record, seconds, dicomweb=request.get(exchanges.EXCHANGE) is not None)
 
 
 def access_record(
@@ -136,7 +173,7 @@ def access_record(
     response: web.StreamResponse | None,
     status: int,
     seconds: float,
-    timing: UpstreamTiming,
+    pending: Pending,
 ) -> AccessRecord:
     exchange = request.get(exchanges.EXCHANGE)
     headers = response.headers if response is not None else {}
@@ -148,7 +185,9 @@ def access_record(
         "bytes": _bytes_sent(request, response),
         "duration_ms": round(seconds * 1000, 3),
         "cache": headers.get("X-Cache"),
-        "upstream_ms": round(timing.seconds * 1000, 3) if timing.requests else None,
+        "upstream_ms": (
+            round(pending.upstream_seconds * 1000, 3) if pending.upstream_requests else None
+        ),
         "request_id": _request_id(request, headers),
         "transaction": exchange.resource.transaction.value if exchange else "other",
         "remote": request.remote,
@@ -193,10 +232,6 @@ def safe_path(raw_path: str) -> str:
     return path + "?" + "&".join(kept)
 
 
-def _account(request: web.Request, record: AccessRecord, seconds: float) -> None:
-    _record(request.app, record, seconds, dicomweb=request.get(exchanges.EXCHANGE) is not None)
-
-
 def account_express(
     app: web.Application,
     answer: Answer,
@@ -206,7 +241,7 @@ def account_express(
     head_bytes: int,
 ) -> None:
     """An answer of the express lane (:mod:`proxy.server`): counted, kept and logged
-    as a hit answered through :func:`access_middleware` is."""
+    as a hit answered through aiohttp is (:class:`AccessLogger`)."""
     fixed = answer.record
     if "path" not in fixed:  # once per answer: what every line of it shares
         fixed["path"] = safe_path(fixed["target"])

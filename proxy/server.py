@@ -205,7 +205,7 @@ def run(app: web.Application, host: str, port: int, *, reuse_port: bool, grace: 
 async def _serve(
     app: web.Application, host: str, port: int, *, reuse_port: bool, grace: float
 ) -> None:
-    runner = Runner(app, access_log=None, shutdown_timeout=grace)
+    runner = Runner(app, shutdown_timeout=grace)  # the access logger: create_app's handler_args
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import logs
 from proxy.dicomweb.uri import InvalidPath, check_path
 from proxy.errors import BadRequest, NotFound
 from proxy.exchange import public_base
@@ -137,7 +136,7 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     headers = {"Cache-Control": cache_control(path), "Content-Type": content_type(path)}
     patched = await viewer.patched(path)
     if patched is None:
-        return logs.FileResponse(path, headers=headers)
+        return web.FileResponse(path, headers=headers)
     body, etag = patched
     headers["ETag"] = etag
     if etag in request.headers.get("If-None-Match", ""):

@@ -130,7 +130,7 @@ class ProxyThread:
         self.app = create_app(self.settings, clock=self._clock)
         if self._configure is not None:
             self._configure(self.app)
-        runner = server.Runner(self.app, access_log=None)  # the product's connections
+        runner = server.Runner(self.app)  # the product's connections and access log
         try:
             self.loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, "127.0.0.1", self.settings.listen_port)

@@ -22,7 +22,8 @@ from harness.dicomgen import Study
 from harness.net import free_port
 from harness.orthanc import Orthanc
 from proxy import logs, metrics, state
-from tests.support import eventually, eventually_async
+from proxy.app import create_app
+from tests.support import eventually, eventually_async, make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +66,7 @@ def test_text_line_names_every_field() -> None:
 async def test_ring_buffer_keeps_the_last_records(
     aiohttp_client: Callable[..., TestClient],
 ) -> None:
-    app = web.Application(middlewares=[logs.access_middleware])
+    app = web.Application(middlewares=[logs.access_middleware], handler_args=logs.handler_args())
     app[state.METRICS] = metrics.Metrics()
     logs.setup(app)
 
@@ -185,28 +186,197 @@ def test_text_format_is_one_line_per_request(
     assert "Doe" not in message
 
 
-async def test_client_gone_mid_body_is_logged_as_499(
+# -- one account per request, from aiohttp's access logger ------------------------------
+
+
+def _accounting_app(**handler_args: object) -> web.Application:
+    """An app accounted as the proxy's is: the middleware, and the access logger."""
+    app = web.Application(
+        middlewares=[logs.access_middleware],
+        handler_args={**logs.handler_args(), **handler_args},
+    )
+    app[state.METRICS] = metrics.Metrics()
+    logs.setup(app)
+    return app
+
+
+def _requests_counted(app: web.Application) -> float:
+    return app[state.METRICS].total("dicomweb_proxy_requests_total")
+
+
+async def _then_one_more(
+    app: web.Application, port: int, later: str = "/later"
+) -> list[logs.AccessRecord]:
+    """The records once a later request was accounted too: an account of the first
+    one written twice would have come before it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {later} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    await reader.read()
+    writer.close()
+    await eventually_async(
+        lambda: any(r["path"] == later for r in app[state.RECENT]),
+        message="the later request was not recorded",
+    )
+    return [r for r in app[state.RECENT] if r["path"] != later]
+
+
+async def test_requests_are_counted_whatever_the_access_log_level(
+    aiohttp_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp asks its access logger whether it is enabled, by default from the log
+    level: at ``--log-level warning`` the metrics and the ring must still count."""
+    app = _accounting_app()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="ok", headers={"X-Cache": "HIT"})
+
+    app.router.add_get("/x", handler)
+    client = await aiohttp_client(app)
+    with caplog.at_level(logging.WARNING, logger="dicomweb_proxy.access"):
+        for _ in range(3):
+            assert (await client.get("/x")).status == 200
+        await eventually_async(lambda: len(app[state.RECENT]) == 3, message="not all kept")
+    found = app[state.METRICS]
+    assert (
+        found.value(
+            "dicomweb_proxy_requests_total", transaction="other", method="GET", status="200"
+        )
+        == 3
+    )
+    assert found.value("dicomweb_proxy_cache_requests_total", result="hit") == 3
+    assert not [r for r in caplog.records if r.name == "dicomweb_proxy.access"]
+
+
+async def test_a_problem_response_is_logged_once(
+    aiohttp_client: Callable[..., TestClient],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    app = create_app(make_settings(f"http://127.0.0.1:{free_port()}/dicom-web", tmp_path))
+    client = await aiohttp_client(app)
+    with caplog.at_level(logging.INFO, logger="dicomweb_proxy.access"):
+        response = await client.get("/nowhere", headers={"X-Request-ID": "missing-1"})
+        assert response.status == 404
+        body = await response.read()
+        port = client.server.port  # type: ignore[union-attr]
+        records = await _then_one_more(app, port, later="/healthz")
+    (record,) = records
+    assert (record["status"], record["request_id"]) == (404, "missing-1")
+    assert record["bytes"] > len(body)
+    lines = [r for r in caplog.records if r.name == "dicomweb_proxy.access"]
+    assert [r.access["request_id"] for r in lines].count("missing-1") == 1  # type: ignore[attr-defined]
+    labels = {"transaction": "other", "method": "GET", "status": "404"}
+    assert app[state.METRICS].value("dicomweb_proxy_requests_total", **labels) == 1
+
+
+async def test_client_gone_mid_body_is_logged_as_499_once(
     aiohttp_server: Callable[..., object],
 ) -> None:
-    app = web.Application(middlewares=[logs.access_middleware])
-    logs.setup(app)
+    app = _accounting_app()
+    sent = asyncio.Event()
 
     async def endless(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         await response.prepare(request)
         for _ in range(2000):  # bounded: ~20 s at most
             await response.write(b"x" * 1024)
+            sent.set()
             await asyncio.sleep(0.01)
         return response
 
+    async def later(request: web.Request) -> web.Response:
+        return web.Response(text="later")
+
     app.router.add_get("/slow", endless)
+    app.router.add_get("/later", later)
     server = await aiohttp_server(app)  # type: ignore[operator]
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /slow?PatientName=Doe HTTP/1.1\r\nHost: x\r\n\r\n")
     await reader.readuntil(b"\r\n\r\n")
+    await sent.wait()
     writer.close()
     await writer.wait_closed()
     await eventually_async(lambda: app[state.RECENT], message="the request was not recorded")
-    (record,) = app[state.RECENT]
+    (record,) = await _then_one_more(app, server.port)
     assert record["status"] == 499
     assert record["path"] == "/slow?PatientName="
+    assert _requests_counted(app) == 2
+
+
+async def test_a_cancelled_handler_is_accounted_once_as_499(
+    aiohttp_server: Callable[..., object],
+) -> None:
+    """aiohttp calls no access logger for a cancelled handler (here: cancelled when its
+    client went away, ``handler_cancellation``); the middleware's request accounts it."""
+    app = _accounting_app(handler_cancellation=True)
+    started = asyncio.Event()
+
+    async def waits(request: web.Request) -> web.Response:
+        started.set()
+        await asyncio.Event().wait()  # until cancelled
+        return web.Response()
+
+    async def later(request: web.Request) -> web.Response:
+        return web.Response(text="later")
+
+    app.router.add_get("/waits", waits)
+    app.router.add_get("/later", later)
+    server = await aiohttp_server(app)  # type: ignore[operator]
+    _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /waits?PatientName=Doe HTTP/1.1\r\nHost: x\r\n\r\n")
+    await started.wait()
+    writer.close()
+    await writer.wait_closed()
+    await eventually_async(lambda: app[state.RECENT], message="the request was not recorded")
+    (record,) = await _then_one_more(app, server.port)
+    assert (record["status"], record["path"]) == (499, "/waits?PatientName=")
+    assert _requests_counted(app) == 2
+
+
+async def test_a_handler_failing_after_its_head_is_accounted_once_as_500(
+    aiohttp_server: Callable[..., object],
+) -> None:
+    """aiohttp cannot answer 500 once a response began: it closes the connection and
+    calls no access logger.  The request is accounted all the same."""
+    app = _accounting_app()
+
+    async def fails(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"part")
+        raise RuntimeError("a bug, mid-body")
+
+    async def later(request: web.Request) -> web.Response:
+        return web.Response(text="later")
+
+    app.router.add_get("/fails", fails)
+    app.router.add_get("/later", later)
+    server = await aiohttp_server(app)  # type: ignore[operator]
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /fails HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.read()  # aiohttp closes the connection
+    writer.close()
+    await eventually_async(lambda: app[state.RECENT], message="the request was not recorded")
+    (record,) = await _then_one_more(app, server.port)
+    assert record["status"] == 500
+    assert _requests_counted(app) == 2
+
+
+async def test_a_request_that_reached_no_handler_is_not_accounted(
+    aiohttp_server: Callable[..., object],
+) -> None:
+    """aiohttp answers an unparsable request itself (400) and calls its access logger
+    for it; the proxy never accounted those, and does not now."""
+    app = _accounting_app()
+
+    async def later(request: web.Request) -> web.Response:
+        return web.Response(text="later")
+
+    app.router.add_get("/later", later)
+    server = await aiohttp_server(app)  # type: ignore[operator]
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await reader.read()).split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    writer.close()
+    assert await _then_one_more(app, server.port) == []
+    assert _requests_counted(app) == 1

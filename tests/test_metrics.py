@@ -128,7 +128,7 @@ def orthanc_url(orthanc) -> str:  # type: ignore[no-untyped-def]
 
 
 def _app_answering(headers: dict[str, str], body: bytes) -> web.Application:
-    app = web.Application(middlewares=[logs.access_middleware])
+    app = web.Application(middlewares=[logs.access_middleware], handler_args=logs.handler_args())
     app[state.METRICS] = metrics.Metrics()
     logs.setup(app)
 

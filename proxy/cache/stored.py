@@ -57,7 +57,7 @@ class StoredBody(internals.HeldHead):
         self.sent_directly = 0  # bytes sent past aiohttp's writer (the access log adds them)
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        # Idempotent: the access log finishes responses, then aiohttp prepares again.
+        # Idempotent: a hit the express lane learns is sent before aiohttp finishes it.
         if self.prepared:
             return None
         try:
