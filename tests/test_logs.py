@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -18,12 +19,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from harness.dicomgen import Study
+from harness.dicomgen import Study, make_study
 from harness.net import free_port
 from harness.orthanc import Orthanc
 from proxy import logs, metrics, state
 from proxy.app import create_app
-from tests.support import eventually, eventually_async, make_settings
+from tests.support import ProxyThread, eventually, eventually_async, make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,6 +185,57 @@ def test_text_format_is_one_line_per_request(
     (message,) = lines
     assert message.startswith("GET /dicom-web/studies?PatientName= 200 ")
     assert "Doe" not in message
+
+
+# -- bytes: what went out on the wire, sendfile included --------------------------------
+
+
+def _one_exchange(port: int, target: str, headers: dict[str, str]) -> bytes:
+    """Every byte of the answer to one request on a connection of its own
+    (``Connection: close``: answered through aiohttp, never the express lane)."""
+    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        received = b""
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize(
+    ("what", "headers", "answered"),
+    [
+        # ≈128 KiB sent as stored: the head with MSG_MORE, the body with sendfile
+        ("instance", {"Accept": 'multipart/related; type="application/dicom"'}, b"200 OK"),
+        ("instance", {"Accept": "*/*", "Range": "bytes=100-70099"}, b"206 Partial Content"),
+        ("metadata", {"Accept": "application/dicom+json", "Accept-Encoding": "gzip"}, b"200 OK"),
+    ],
+)
+def test_the_line_of_a_hit_counts_every_byte_sent(
+    proxy: ProxyThread, orthanc: Orthanc, what: str, headers: dict[str, str], answered: bytes
+) -> None:
+    big = make_study(1, 1, rows=256, columns=256)
+    for _, _, data in big.instances:
+        orthanc.upload(data)
+    series_uid, sop_uid, _ = big.instances[0]
+    target = f"{proxy.settings.base_path}/studies/{big.uid}"
+    target += "/metadata" if what == "metadata" else f"/series/{series_uid}/instances/{sop_uid}"
+    port = proxy.settings.listen_port
+    assert b"X-Cache: MISS" in _one_exchange(port, target, headers)
+
+    def a_hit() -> bytes | None:  # the fill commits just after its last byte
+        answer = _one_exchange(port, target, {**headers, "X-Request-ID": "hit-1"})
+        return answer if b"X-Cache: HIT" in answer else None
+
+    hit = eventually(a_hit, message="no hit")
+    assert hit.split(b"\r\n", 1)[0].endswith(answered)
+    if what == "metadata":
+        assert b"Content-Encoding: gzip" in hit
+    assert proxy.app is not None
+    recent = proxy.app[state.RECENT]
+    (record,) = eventually(lambda: [r for r in recent if r["request_id"] == "hit-1"][-1:])
+    assert (record["cache"], record["bytes"]) == ("HIT", len(hit))
 
 
 # -- one account per request, from aiohttp's access logger ------------------------------

@@ -250,8 +250,9 @@ async def offer(
     hit: Hit,
     response: web.StreamResponse,
 ) -> None:
-    """A fresh hit the cache is answering: sent here, then learned when the lane can
-    replay it (a whole 200, from the stored file or from bytes in memory)."""
+    """A fresh hit the cache is answering: sent (here, unless it sent itself: a
+    :class:`StoredBody`), then learned when the lane can replay it (a whole 200, from
+    the stored file or from bytes in memory): its head is learned as it went out."""
     found = request_candidate(request)
     if found is None or found.signature is None or response.status != 200:
         return

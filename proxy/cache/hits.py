@@ -78,6 +78,7 @@ class HitServer:
                 return _from_memory(head, exchange.request_id, body.read())
         response = StoredBody(body, meta.size, status=head.status, headers=head.headers)
         response.headers["X-Request-ID"] = exchange.request_id
+        await response.send(request)
         return response
 
     async def _serve_variant(

@@ -78,7 +78,9 @@ async def send(
     if len(ranges) == 1:
         ((start, end),) = ranges
         headers["Content-Range"] = content_range((start, end), size)
-        return StoredBody(body, end - start + 1, status=206, headers=headers, offset=start)
+        response = StoredBody(body, end - start + 1, status=206, headers=headers, offset=start)
+        await response.send(request)
+        return response
     with body:
         return await _several(request, body, ranges, size, headers)
 

@@ -19,8 +19,9 @@ Bodies below :data:`JOIN_BELOW` are cheaper joined to their headers in one write
 cache answers those with a plain ``web.Response``, as it does for the rewritten or
 gzipped variants it holds in memory, :mod:`proxy.cache.variants`).
 
-Taking the head from aiohttp's writer and writing to the socket past the transport are
-:mod:`proxy.internals`'.
+The handler that answers a hit sends the body (:meth:`StoredBody.send`), as handlers do
+that stream; aiohttp then finds the response finished.  Taking the head from aiohttp's
+writer and writing to the socket past the transport are :mod:`proxy.internals`'.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ JOIN_BELOW = 64 * 1024
 
 class StoredBody(internals.HeldHead):
     """``size`` bytes of a stored body from ``offset`` (all of it, or one byte range),
-    sent from ``handle`` (then closed)."""
+    sent from ``handle`` (then closed) by :meth:`send`."""
 
     def __init__(
         self,
@@ -56,20 +57,19 @@ class StoredBody(internals.HeldHead):
         self.content_length = size
         self.sent_directly = 0  # bytes sent past aiohttp's writer (the access log adds them)
 
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        # Idempotent: a hit the express lane learns is sent before aiohttp finishes it.
-        if self.prepared:
-            return None
+    async def send(self, request: web.BaseRequest) -> None:
+        """Head, body and end, then the file is closed (also when the client went away)."""
         try:
-            writer = await super().prepare(request)
+            writer = await self.prepare(request)
             if request.method != "HEAD" and self.content_length:
-                await self._send(request, writer)
-            await super().write_eof()  # sends the head itself when no body went out
-            return writer
+                await self._send_body(request, writer)
+            await self.write_eof()  # sends the head itself when no body went out
         finally:
             self._handle.close()
 
-    async def _send(self, request: web.BaseRequest, writer: AbstractStreamWriter | None) -> None:
+    async def _send_body(
+        self, request: web.BaseRequest, writer: AbstractStreamWriter | None
+    ) -> None:
         size = self.content_length or 0
         transport = request.transport
         if transport is None:
