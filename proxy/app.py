@@ -124,7 +124,7 @@ async def _cache_ctx(app: web.Application, clock: Callable[[], float]) -> AsyncI
     app[CACHE] = cache
     app[STUDIES_CHANGED].append(cache.studies_changed)
     if _express_allowed(app):
-        cache.express = app[EXPRESS] = Lane(cache.fresh_hit, cache.results)
+        cache.express = app[EXPRESS] = Lane(cache.fresh_hit)
     yield
     await cache.close()
 

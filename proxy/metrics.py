@@ -6,7 +6,7 @@ many applications in one process.  Other modules record through the small typed
 functions below; each takes the ``web.Application`` (or a request, or a
 :class:`Metrics`) and does nothing when the application has no metrics::
 
-    metrics.request_done(app, "wado", "GET", 200, seconds)   # the access-log middleware
+    metrics.request_done(app, "wado", "GET", 200, seconds)   # the access logger
     metrics.upstream_response(app, "200", seconds)           # Upstream observer (TTFB)
     metrics.cache_result(app, "hit")       # hit | miss | stale | bypass | revalidated
     metrics.served_bytes(app, "cache", n)  # cache | upstream
@@ -15,11 +15,14 @@ functions below; each takes the ``web.Application`` (or a request, or a
     metrics.dead_letter_entries(app, n)    # gauge: entries now in the dead-letter store
     metrics.cache_not_stored(m, "unexpected_type")  # unexpected_type | undecodable
 
-``cache_result`` and ``served_bytes`` are recorded for every client response by the
-access-log middleware (:mod:`proxy.logs`) from its ``X-Cache`` header (SPEC section 3);
-the cache only has to set that header.  ``dicomweb_proxy_cache_bytes`` and
-``..._entries`` are read at scrape time from the cache's own figures
-(:meth:`~proxy.cache.service.Cache.stats`), when the application has a cache.
+``request_done``, ``cache_result`` and ``served_bytes`` are recorded once per client
+request, by aiohttp's access logger (:class:`proxy.logs.AccessLogger`) or for an answer
+of the express lane (:func:`hit_recorder`), the cache result from the response's
+``X-Cache`` header (SPEC section 3): the cache only has to set that header, and its
+hit ratio (:meth:`~proxy.cache.service.Cache.stats`) is read back from these counts
+(:meth:`Metrics.own_cache_results`).  ``dicomweb_proxy_cache_bytes`` and
+``..._entries`` are read at scrape time from the cache's own figures (the same
+``stats()``), when the application has a cache.
 
 With ``--workers`` > 1 a worker builds its ``Metrics(multiprocess_dir=...)`` and a
 scrape of any worker returns the sum over all of them (:mod:`proxy.metrics_multiprocess`).
@@ -198,6 +201,17 @@ class Metrics:
         registry = self.collection_registry()
         found = registry.get_sample_value(name, labels)
         return float(found) if found is not None else 0.0
+
+    def own_cache_results(self) -> dict[str, int]:
+        """This process's cache requests by result, read from its own registry: with
+        ``--workers`` a scrape sums every worker's, :meth:`~proxy.cache.service.Cache.stats`
+        reports its own process's."""
+        found: dict[str, int] = {}
+        for family in self.cache_requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    found[sample.labels["result"]] = int(sample.value)
+        return found
 
     def total(self, name: str, **labels: str) -> float:
         """The sum over every sample of ``name`` whose labels include ``labels``."""

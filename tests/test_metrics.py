@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import signal
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +21,7 @@ from harness.dicomgen import Study
 from harness.net import free_port, wait_port
 from harness.orthanc import Orthanc
 from proxy import logs, metrics, metrics_endpoint, metrics_multiprocess, state
+from proxy.state import EXPRESS
 from tests.support import ProxyThread, eventually, serve_process
 
 
@@ -183,6 +186,40 @@ def test_stow_and_cache_gauges() -> None:
     assert found.value("dicomweb_proxy_cache_bytes") == 4096
 
 
+def test_each_cache_result_is_counted_once_alike_in_metrics_and_admin_stats(
+    start_proxy: Callable[..., ProxyThread], orthanc: Orthanc, study: Study
+) -> None:
+    """One count per client request, wherever it was answered (aiohttp, the express
+    lane): /admin/cache reads the same counts /metrics shows."""
+    proxy = start_proxy(orthanc.dicomweb, admin_token="stats-token")
+    series_uid, sop_uid, _ = study.instances[0]
+    url = f"{proxy.dicomweb}/studies/{study.uid}/series/{series_uid}/instances/{sop_uid}"
+    accept = {"Accept": 'multipart/related; type="application/dicom"'}
+    seen: list[str] = []
+    with requests.Session() as session:  # keep-alive, as clients send: the lane answers too
+        for _ in range(8):
+            response = session.get(url, headers=accept, timeout=10)
+            assert response.status_code == 200
+            seen.append(response.headers["X-Cache"])
+        etag = response.headers["ETag"]
+        unchanged = session.get(url, headers={**accept, "If-None-Match": etag}, timeout=10)
+        assert unchanged.status_code == 304
+        seen.append(unchanged.headers["X-Cache"])
+        beyond = session.get(url, headers={**accept, "Range": "bytes=99999999-"}, timeout=10)
+        assert beyond.status_code == 416 and "X-Cache" not in beyond.headers  # no result
+    assert proxy.app is not None and proxy.app[EXPRESS].count >= 1
+    found = proxy.app[state.METRICS]
+    name = "dicomweb_proxy_cache_requests_total"
+    eventually(  # an answer is counted once its last byte went out
+        lambda: found.total(name) == len(seen), message="not every result was counted"
+    )
+    assert found.value(name, result="hit") == seen.count("HIT") >= 6
+    assert found.value(name, result="miss") == seen.count("MISS") >= 1
+    admin = {"Authorization": "Bearer stats-token"}
+    stats = requests.get(proxy.url + "/admin/cache", headers=admin, timeout=10).json()
+    assert (stats["hits"], stats["misses"]) == (seen.count("HIT"), seen.count("MISS"))
+
+
 # -- multiprocess mode ----------------------------------------------------------------
 
 
@@ -202,8 +239,8 @@ def test_workers_share_metrics_through_the_multiprocess_dir(tmp_path: Path) -> N
     assert list(directory.iterdir()) == []
 
     context = multiprocessing.get_context("spawn")
-    for requests, size in ((2, 100), (3, 100)):
-        process = context.Process(target=_worker, args=(str(directory), requests, size))
+    for count, size in ((2, 100), (3, 100)):
+        process = context.Process(target=_worker, args=(str(directory), count, size))
         process.start()
         process.join(60)
         assert process.exitcode == 0
@@ -214,6 +251,29 @@ def test_workers_share_metrics_through_the_multiprocess_dir(tmp_path: Path) -> N
     histogram = "dicomweb_proxy_request_duration_seconds_count"
     assert merged.get_sample_value(histogram, {"transaction": "wado"}) == 5
     assert merged.get_sample_value("dicomweb_proxy_cache_bytes", {}) == 100
+
+
+def _hits_worker(directory: str, hits: int, everyone: int) -> None:
+    """A worker counting ``hits``: its own count, and a scrape's sum over workers."""
+    found = metrics.Metrics(Path(directory))
+    for _ in range(hits):
+        metrics.cache_result(found, "hit")
+    own = found.own_cache_results()["hit"]
+    summed = found.value("dicomweb_proxy_cache_requests_total", result="hit")
+    sys.exit(0 if (own, summed) == (hits, everyone) else 1)
+
+
+def test_a_workers_cache_stats_count_its_own_results(tmp_path: Path) -> None:
+    """With --workers, /metrics sums every worker's results; Cache.stats() (the status
+    page, /admin/cache) reports the process's own."""
+    directory = tmp_path / "metrics"
+    metrics_multiprocess.reset_multiprocess_dir(directory)
+    context = multiprocessing.get_context("spawn")
+    for hits, everyone in ((2, 2), (3, 5)):
+        process = context.Process(target=_hits_worker, args=(str(directory), hits, everyone))
+        process.start()
+        process.join(60)
+        assert process.exitcode == 0
 
 
 def test_multiprocess_dir_only_with_several_workers(tmp_path: Path) -> None:

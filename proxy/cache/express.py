@@ -30,7 +30,6 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,13 +150,11 @@ class Lane:
     def __init__(
         self,
         fresh_hit: Callable[[Policy], Hit | None],
-        results: Counter[str],
         *,
         max_answers: int = MAX_ANSWERS,
         max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
         self._fresh_hit = fresh_hit
-        self._results = results  # the cache's counts by result (the status page's)
         self._answers: LRU[Signature, Answer] = LRU(
             max_answers, max_weight=max_held_bytes, weigh=_held_bytes
         )
@@ -204,7 +201,6 @@ class Lane:
             self._answers.put(signature, answer)
 
     def answered(self) -> None:
-        self._results["hit"] += 1
         self.count += 1
 
     def close(self) -> None:

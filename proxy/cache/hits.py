@@ -16,7 +16,6 @@ coding (:mod:`proxy.cache.heads`); only the request id is added per request.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import BinaryIO
 
 from aiohttp import web
@@ -34,11 +33,10 @@ from proxy.exchange import Exchange
 
 
 class HitServer:
-    """Serves stored entries; counts each answer by its cache result."""
+    """Serves stored entries."""
 
-    def __init__(self, store: Store, results: Counter[str]) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.results = results
         self.heads = Heads()
         self.variants = Variants()
 
@@ -56,7 +54,6 @@ class HitServer:
     async def _serve_body(
         self, request: web.Request, exchange: Exchange, hit: Hit, body: BinaryIO, result: str
     ) -> web.StreamResponse:
-        self.results[result] += 1
         meta = hit.meta
         head = self._head(request, exchange, hit, result)
         if _not_modified(request, meta.etag):

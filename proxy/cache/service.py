@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -66,8 +65,7 @@ class Cache:
         self.metrics = metrics
         self.store = store
         self.upstream = upstream
-        self.results: Counter[str] = Counter()
-        self.hits = HitServer(store, self.results)
+        self.hits = HitServer(store)
         self.express: express.Lane | None = None  # set by the app when it can answer
         locks = KeyLocks(store.directory / "locks") if settings.workers > 1 else None
         self.flights = SingleFlight(store, locks, settings.upstream_timeout)
@@ -147,7 +145,6 @@ class Cache:
         return served if served is not None else await self._bypass(request, exchange)
 
     async def _bypass(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
-        self.results["bypass"] += 1
         return await forward.forward(
             request, exchange, self.upstream, self.settings.max_body, x_cache="BYPASS"
         )
@@ -200,7 +197,6 @@ class Cache:
                 return served
         if fill.error is not None and not fill.status:
             raise fill.error
-        self.results[result] += 1
         await fill.parts_judged.wait()
         first_part_urls = fill.part_urls is None or fill.part_urls.first is not False
         response = responses.start_response(
@@ -280,9 +276,14 @@ class Cache:
         return await self.purges.study(study)
 
     def stats(self) -> dict[str, int]:
-        """Entries, bytes and this process's hits/misses (the status page and /metrics)."""
-        hits = self.results["hit"] + self.results["revalidated"] + self.results["stale"]
-        misses = self.results["miss"] + self.results["bypass"]
+        """Entries, bytes and this process's hits/misses (the status page and /metrics).
+
+        Hits and misses are the request metrics' (``dicomweb_proxy_cache_requests_total``,
+        counted once per client request from its ``X-Cache``, :mod:`proxy.logs`): this
+        process's, not the sum over ``--workers``."""
+        results = self.metrics.own_cache_results() if self.metrics is not None else {}
+        hits = sum(results.get(name, 0) for name in ("hit", "revalidated", "stale"))
+        misses = sum(results.get(name, 0) for name in ("miss", "bypass"))
         return {
             **self.store.stats(),
             "size_limit": self.store.size_limit,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -133,7 +132,7 @@ def _answer(path: str, data: bytes | None = None) -> Answer:
 
 def test_an_answer_is_given_only_while_its_entry_is_the_one_learned() -> None:
     current: dict[str, Hit | None] = {"/a": _hit("/a")}
-    lane = Lane(lambda policy: current[policy.parts[2]], Counter())
+    lane = Lane(lambda policy: current[policy.parts[2]])
     lane.learn(SIGNED, _answer("/a"))
     assert lane.find(Candidate(SIGNED, None)) is not None
     current["/a"] = _hit("/refilled")  # the entry was filled again: another body
@@ -142,7 +141,7 @@ def test_an_answer_is_given_only_while_its_entry_is_the_one_learned() -> None:
 
 
 def test_the_lane_is_bounded_in_answers_and_in_bytes_held() -> None:
-    lane = Lane(lambda policy: _hit(policy.parts[2]), Counter(), max_answers=2, max_held_bytes=10)
+    lane = Lane(lambda policy: _hit(policy.parts[2]), max_answers=2, max_held_bytes=10)
     for name in ("/1", "/2", "/3"):
         lane.learn((name.encode(), None, None, None), _answer(name))
     assert len(lane) == 2 and lane.find(Candidate((b"/1", None, None, None), None)) is None
@@ -153,7 +152,7 @@ def test_the_lane_is_bounded_in_answers_and_in_bytes_held() -> None:
 
 
 def test_a_closed_lane_answers_nothing() -> None:
-    lane = Lane(lambda policy: _hit("/a"), Counter())
+    lane = Lane(lambda policy: _hit("/a"))
     lane.learn(SIGNED, _answer("/a"))
     lane.close()
     lane.learn(SIGNED, _answer("/a"))
