@@ -76,9 +76,7 @@ class Connection(web_protocol.RequestHandler):
         if found is None:
             self._lane = None
             return False
-        if not internals.protocol_idle(
-            self
-        ):  # e.g. still finishing its last answer: it queues this
+        if not internals.protocol_idle(self):  # e.g. finishing its last answer: it queues this
             return False
         answer = lane.find(found)
         transport = self.transport
