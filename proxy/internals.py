@@ -12,7 +12,9 @@ Both uses are on the path of a cache hit, for its cost (docs/engineering/benchma
 
 Both write to the connection's socket past the asyncio transport, only while the
 transport holds nothing back and encrypts nothing (:func:`socket_if_idle`,
-:func:`send_more`, :func:`send_now`, :func:`sendfile_on`).
+:func:`send_more`, :func:`send_now`, :func:`sendfile_on`); the lane keeps one socket
+object per connection for it (:func:`own_socket`, :func:`disown`), a hit through aiohttp
+borrows one for the call (:func:`borrowed`).
 
 aiohttp's version is pinned to the minor releases tested (``pyproject.toml``);
 ``tests/test_aiohttp_contract.py`` fails naming the function here whose attributes
@@ -101,26 +103,27 @@ def socket_if_idle(transport: asyncio.Transport) -> Any:
     return transport.get_extra_info("socket")
 
 
-def send_more(transport_socket: Any, data: bytes) -> int:
-    """send(2) with MSG_MORE on a connection's socket."""
-    with _borrowed(transport_socket) as sock:
-        return sock.send(data, socket.MSG_MORE)
+def own_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
+    """A socket object on the connection's descriptor, kept for the connection's life
+    (asyncio's TransportSocket has no ``send``); None unless the connection is TCP and
+    unencrypted.  :func:`disown` it when the connection is lost: the descriptor stays
+    the transport's to close, and a socket object collected later must not close a
+    descriptor number that a newer connection may have by then."""
+    if transport.get_extra_info("sslcontext") is not None:
+        return None
+    given = transport.get_extra_info("socket")
+    if given is None or given.family not in TCP:
+        return None
+    return socket.socket(given.family, given.type, 0, given.fileno())
 
 
-def send_now(transport_socket: Any, parts: list[bytes]) -> int:
-    """sendmsg(2) of ``parts`` in one call (no joined copy); the bytes the socket took."""
-    with _borrowed(transport_socket) as sock:
-        try:
-            return sock.sendmsg(parts)
-        except BlockingIOError:
-            return 0
+def disown(sock: socket.socket) -> None:
+    sock.detach()
 
 
 @contextlib.contextmanager
-def _borrowed(transport_socket: Any) -> Iterator[socket.socket]:
-    """asyncio hands out a TransportSocket, which has no ``send``: a socket object
-    around the same descriptor makes the call and is detached after, so the descriptor
-    stays the transport's."""
+def borrowed(transport_socket: Any) -> Iterator[socket.socket]:
+    """:func:`own_socket` for one call: detached after it."""
     sock = socket.socket(
         transport_socket.family, transport_socket.type, 0, transport_socket.fileno()
     )
@@ -130,18 +133,31 @@ def _borrowed(transport_socket: Any) -> Iterator[socket.socket]:
         sock.detach()
 
 
+def send_more(sock: socket.socket, data: bytes) -> int:
+    """send(2) with MSG_MORE."""
+    return sock.send(data, socket.MSG_MORE)
+
+
+def send_now(sock: socket.socket, parts: list[bytes]) -> int:
+    """sendmsg(2) of ``parts`` in one call (no joined copy); the bytes the socket took."""
+    try:
+        return sock.sendmsg(parts)
+    except BlockingIOError:
+        return 0
+
+
 def sendfile_now(transport: asyncio.Transport, handle: BinaryIO, offset: int, size: int) -> int:
     """Bytes sent at once with ``os.sendfile`` while the socket takes them."""
     sock = socket_if_idle(transport)
-    return 0 if sock is None else sendfile_on(sock, handle, offset, size)
+    return 0 if sock is None else sendfile_on(sock.fileno(), handle, offset, size)
 
 
-def sendfile_on(sock: Any, handle: BinaryIO, offset: int, size: int) -> int:
-    """:func:`sendfile_now` on a socket :func:`socket_if_idle` gave."""
+def sendfile_on(out: int, handle: BinaryIO, offset: int, size: int) -> int:
+    """:func:`sendfile_now` on the descriptor ``out`` of a socket that takes bytes now."""
     sent = 0
     try:
         while sent < size:
-            count = os.sendfile(sock.fileno(), handle.fileno(), offset + sent, size - sent)
+            count = os.sendfile(out, handle.fileno(), offset + sent, size - sent)
             if count == 0:
                 break
             sent += count

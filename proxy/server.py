@@ -30,6 +30,7 @@ import asyncio
 import functools
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -44,7 +45,7 @@ from proxy.state import EXPRESS
 class Connection(web_protocol.RequestHandler):
     """One client connection: aiohttp's protocol with the express lane in front."""
 
-    __slots__ = ("_app", "_held", "_lane", "_remote", "_sending")
+    __slots__ = ("_app", "_held", "_lane", "_remote", "_sending", "_sock")
 
     def __init__(self, server: web.Server, app: web.Application, **kwargs: Any) -> None:
         super().__init__(server, **kwargs)
@@ -53,13 +54,22 @@ class Connection(web_protocol.RequestHandler):
         self._remote: str | None = None
         self._sending: asyncio.Task[None] | None = None
         self._held = b""  # arrived while an answer was still being sent
+        self._sock: socket.socket | None = None  # the lane's, on the transport's descriptor
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, tuple) else None
-        if transport.get_extra_info("sslcontext") is not None:
-            self._lane = None  # sendfile cannot encrypt
+        if self._lane is not None:
+            self._sock = internals.own_socket(transport)
+            if self._sock is None:
+                self._lane = None  # sendfile cannot encrypt; bytes in order over TCP only
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._sock is not None:
+            internals.disown(self._sock)
+            self._sock = None
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._sending is not None:
@@ -79,17 +89,21 @@ class Connection(web_protocol.RequestHandler):
         if not internals.protocol_idle(self):  # e.g. finishing its last answer: it queues this
             return False
         answer = lane.find(found)
-        transport = self.transport
-        if answer is None or transport is None:
+        transport, sock = self.transport, self._sock
+        if answer is None or transport is None or sock is None:
             return False
-        sock = internals.socket_if_idle(transport)
-        if sock is None or sock.family not in internals.TCP:  # bytes in order, unencrypted, TCP
+        if transport.get_write_buffer_size():  # what the transport holds goes first
             return False
         request_id = found.request_id or os.urandom(16).hex().encode()
         return self._answer(lane, answer, request_id, transport, sock)
 
     def _answer(
-        self, lane: Lane, answer: Answer, request_id: bytes, transport: asyncio.Transport, sock: Any
+        self,
+        lane: Lane,
+        answer: Answer,
+        request_id: bytes,
+        transport: asyncio.Transport,
+        sock: socket.socket,
     ) -> bool:
         started = time.perf_counter()
         head = lane.head(answer, request_id)
@@ -108,7 +122,7 @@ class Connection(web_protocol.RequestHandler):
         lane.answered()
         sent = 0
         if _send_head(transport, sock, head):
-            sent = internals.sendfile_on(sock, body, 0, answer.size)
+            sent = internals.sendfile_on(sock.fileno(), body, 0, answer.size)
         if sent == answer.size:
             body.close()
             self._done(lane, answer, request_id, started, len(head))
@@ -164,7 +178,7 @@ class Connection(web_protocol.RequestHandler):
         await super().shutdown(timeout)
 
 
-def _send_head(transport: asyncio.Transport, sock: Any, head: bytes) -> bool:
+def _send_head(transport: asyncio.Transport, sock: socket.socket, head: bytes) -> bool:
     """The head with MSG_MORE; True when it all went out (else the transport holds the
     rest, and sends it before anything written after)."""
     try:

@@ -101,7 +101,8 @@ class StoredBody(internals.HeldHead):
                 writer.send_headers()
             return
         try:
-            sent = internals.send_more(sock, head)
+            with internals.borrowed(sock) as real:
+                sent = internals.send_more(real, head)
         except BlockingIOError:
             sent = 0
         if sent < len(head):

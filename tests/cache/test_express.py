@@ -3,6 +3,7 @@ before aiohttp parses them, byte for byte as aiohttp's own answer, and only thos
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import time
@@ -437,6 +438,27 @@ def test_lane_answers_are_counted_and_logged(
     assert (last["cache"], last["status"], last["request_id"]) == ("HIT", 200, "id-1")
     assert last["path"].endswith(big_study.instances[0][1]) and last["remote"] == "127.0.0.1"
     assert last["bytes"] > len(big_study.instances[0][2])
+
+
+def test_a_closed_connection_never_closes_a_later_ones_descriptor(
+    proxy: ProxyThread, big_study: Study
+) -> None:
+    """The lane's socket object is detached when its connection is lost: collected
+    later, it must not close the descriptor number a newer connection now has."""
+    target, accept = _instance(proxy, big_study), {"Accept": INSTANCE}
+    before = _lane(proxy).count
+    for _ in range(8):  # closed connections, whose descriptor numbers are reused
+        old = Client(proxy.settings.listen_port)
+        until_the_lane_answers(proxy, old, target, accept)
+        old.sock.close()
+    latest = Client(proxy.settings.listen_port)
+    until_the_lane_answers(proxy, latest, target, accept)
+    gc.collect()  # a socket object not detached would close its descriptor here
+    status, headers, body = latest.get(target, accept)
+    assert status == "HTTP/1.1 200 OK" and headers["X-Cache"] == "HIT"
+    assert len(body) == int(headers["Content-Length"])
+    assert big_study.instances[0][2] in body
+    assert _lane(proxy).count >= before + 10
 
 
 @pytest.mark.parametrize(
