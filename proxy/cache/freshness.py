@@ -4,10 +4,13 @@
 - QIDO-RS answers are fresh for ``--qido-ttl``;
 - study-level entries (metadata, series listings) for ``--metadata-ttl`` since their
   study's instance count was last checked, then revalidated by that count
-  (:mod:`proxy.cache.counts`): unchanged, the entry is served again; a study unchanged
-  for ``--finalized-after`` is final and never asked about again;
+  (:class:`StudyCounts`): unchanged, the entry is served again; a study unchanged for
+  ``--finalized-after`` is final and never asked about again;
 - an expired entry is served stale for ``--stale-if-error`` past its expiry while the
   upstream fails (RFC 5861 section 4).
+
+The count is NumberOfStudyRelatedInstances (0020,1208), asked of the upstream with one
+QIDO-RS query for that attribute (PS3.18 10.6.1.2) instead of the body again.
 
 Every age is read on the cache's clock (wall-clock seconds, ``time.time`` unless the
 app was given another), the clock that stamps ``Meta.stored_at``.
@@ -15,6 +18,8 @@ app was given another), the clock that stamps ``Meta.stored_at``.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,14 +27,15 @@ from typing import Literal
 
 from aiohttp import web
 
-from proxy.cache.counts import StudyCounts
 from proxy.cache.fill import Fill
 from proxy.cache.policy import Lifetime, Policy
 from proxy.cache.store import Hit, Store, StudyState
-from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.errors import UpstreamError, UpstreamInvalid, UpstreamTimeout
 from proxy.settings import Settings
+from proxy.upstream import Upstream, read_bounded
 
 Verdict = Literal["hit", "revalidated", "stale", "expired"]
+_MAX_COUNT_ANSWER = 1024 * 1024
 
 
 class Freshness:
@@ -118,3 +124,52 @@ def request_directives(request: web.Request) -> set[str]:
 def parse_cache_control(value: str) -> set[str]:
     """The directive names of a Cache-Control value, lower-cased, arguments dropped."""
     return {item.split("=", 1)[0].strip().lower() for item in value.split(",") if item.strip()}
+
+
+# -- the instance counts ---------------------------------------------------------------
+
+
+class StudyCounts:
+    """One count query in flight per study, however many entries ask."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self._tasks: dict[str, asyncio.Task[int]] = {}
+
+    def task(self, study: str | None) -> asyncio.Task[int]:
+        """The query under way for ``study``, or a new one."""
+        assert study is not None  # study-level policies always carry the UID
+        task = self._tasks.get(study)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self._query(study))
+            self._tasks[study] = task
+        return task
+
+    async def count(self, study: str) -> int:
+        """The study's instance count; a caller that goes away leaves the query running."""
+        return await asyncio.shield(self.task(study))
+
+    async def _query(self, study: str) -> int:
+        url = (self.upstream.base / "studies").with_query(
+            StudyInstanceUID=study, includefield="00201208"
+        )
+        headers = {"Accept": "application/dicom+json"}
+        async with self.upstream.request("GET", url, headers) as response:
+            if response.status >= 500:
+                raise UpstreamInvalid(f"count query answered {response.status}")
+            if response.status == 204 or response.status == 404:
+                return 0
+            if response.status != 200:
+                raise UpstreamInvalid(f"count query answered {response.status}")
+            body = await read_bounded(response, _MAX_COUNT_ANSWER, "count query answer")
+        return instance_count(body)
+
+
+def instance_count(body: bytes) -> int:
+    """NumberOfStudyRelatedInstances (0020,1208) of the first match; an answer without
+    it (an upstream that ignores ``includefield``) is invalid, not a crash."""
+    try:
+        found = json.loads(body)
+        return int(found[0]["00201208"]["Value"][0]) if found else 0
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise UpstreamInvalid("the study count query answer has no instance count") from exc

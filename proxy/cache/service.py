@@ -28,10 +28,9 @@ from aiohttp import web
 from proxy import forward, responses
 from proxy.cache import express
 from proxy.cache.admission import Admission
-from proxy.cache.counts import StudyCounts
 from proxy.cache.fill import Fill, FillReader
 from proxy.cache.flight import Join, Lead, SingleFlight, Stored
-from proxy.cache.freshness import Freshness, request_directives
+from proxy.cache.freshness import Freshness, StudyCounts, request_directives
 from proxy.cache.hits import HitServer
 from proxy.cache.lock import KeyLocks
 from proxy.cache.policy import Lifetime, Policy, decide
