@@ -17,7 +17,6 @@ from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
 from proxy.app import create_app
 from tests.fake_upstream import FakeUpstream
-from tests.relay import Relay
 from tests.support import ProxyThread, make_settings
 from tests.upstreams import RawUpstream
 
@@ -116,13 +115,11 @@ async def raw() -> AsyncIterator[RawUpstream]:
 
 
 @pytest.fixture
-def relay(orthanc: Orthanc) -> Iterator[Relay]:
-    """A relay in front of the session's Orthanc that records what reaches it: path,
-    headers and parts of every request (tests/relay.py).  Modules that count reads
-    instead define a ``relay`` of their own."""
-    started = Relay(orthanc.dicomweb).start()
-    yield started
-    started.stop()
+def relay(fake: FakeUpstream, orthanc: Orthanc) -> FakeUpstream:
+    """The fake upstream relaying every request to the session's Orthanc and recording
+    it; a test adds routes for the faults it needs."""
+    fake.origin = orthanc.url
+    return fake
 
 
 # Module scope: sync Playwright keeps an event loop running in this thread while it is

@@ -25,8 +25,7 @@ from proxy.cache import service as cache_service
 from proxy.cache.store import free_bytes
 from proxy.stow import dead_letter as dead_letter_module
 from proxy.stow.parts import SpooledPart
-from tests.relay import Faults as StowFaults
-from tests.relay import Relay as StowRelay
+from tests.fake_upstream import Answer, FakeUpstream
 from tests.support import FakeClock, eventually_async, make_settings, multipart_stow
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -224,9 +223,8 @@ def _serve(upstream: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 async def test_kill_9_mid_upload_leaves_a_clean_spool_and_sends_nothing(
-    orthanc: Orthanc, tmp_path: Path
+    orthanc: Orthanc, relay: FakeUpstream, tmp_path: Path
 ) -> None:
-    relay = StowRelay(orthanc.dicomweb).start()
     port, data_dir = free_port(), tmp_path / "data"
     study = make_study(1, 4, rows=64, columns=64)
     boundary = "kill-9-boundary"
@@ -276,7 +274,6 @@ async def test_kill_9_mid_upload_leaves_a_clean_spool_and_sends_nothing(
     finally:
         proxy.kill()
         proxy.wait(10)
-        relay.stop()
 
 
 def _stored(orthanc: Orthanc, study_uid: str) -> set[str]:
@@ -292,7 +289,7 @@ def _stored(orthanc: Orthanc, study_uid: str) -> set[str]:
 
 async def test_full_dead_letter_disk_still_reports_every_failure(
     aiohttp_client: ClientFactory,
-    orthanc: Orthanc,
+    relay: FakeUpstream,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -305,22 +302,19 @@ async def test_full_dead_letter_disk_still_reports_every_failure(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(dead_letter_module, "_extract", full)
-    relay = StowRelay(orthanc.dicomweb, faults=StowFaults(fail_always=True)).start()
-    try:
-        settings = make_settings(
-            relay.dicomweb, tmp_path / "data", stow_retries=1, stow_retry_delay=0.01
-        )
-        client = await aiohttp_client(create_app(settings))
-        study = make_study(1, 3, rows=16, columns=16)
-        body, content_type = multipart_stow(study, "b")
-        headers = {"Content-Type": content_type}
-        async with client.post("/dicom-web/studies", data=body, headers=headers) as response:
-            assert response.status == 409
-            document = await response.json(content_type=None)
-        failed = {item["00081155"]["Value"][0] for item in document["00081198"]["Value"]}
-        assert failed == {sop for _, sop, _ in study.instances}
-        dead_letter = settings.dead_letter_path
-        assert not dead_letter.exists() or list(dead_letter.iterdir()) == []
-        assert not any(p.is_file() for p in settings.spool_path.rglob("*"))
-    finally:
-        relay.stop()
+    relay.route("POST", "/dicom-web/studies", Answer(503, "busy", {"Retry-After": "0"}))
+    settings = make_settings(
+        relay.dicomweb, tmp_path / "data", stow_retries=1, stow_retry_delay=0.01
+    )
+    client = await aiohttp_client(create_app(settings))
+    study = make_study(1, 3, rows=16, columns=16)
+    body, content_type = multipart_stow(study, "b")
+    headers = {"Content-Type": content_type}
+    async with client.post("/dicom-web/studies", data=body, headers=headers) as response:
+        assert response.status == 409
+        document = await response.json(content_type=None)
+    failed = {item["00081155"]["Value"][0] for item in document["00081198"]["Value"]}
+    assert failed == {sop for _, sop, _ in study.instances}
+    dead_letter = settings.dead_letter_path
+    assert not dead_letter.exists() or list(dead_letter.iterdir()) == []
+    assert not any(p.is_file() for p in settings.spool_path.rglob("*"))
