@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,6 @@ from harness.orthanc import Orthanc
 from proxy.app import create_app
 from tests.fake_upstream import FakeUpstream
 from tests.support import ProxyThread, make_settings
-from tests.upstreams import RawUpstream
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -104,14 +103,6 @@ def fake() -> Iterator[FakeUpstream]:
     thread: no routes, no origin, until the test gives them."""
     with FakeUpstream() as started:
         yield started
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[RawUpstream]:
-    """A hand-written HTTP upstream; a test picks how it answers with ``raw.mode``."""
-    upstream = await RawUpstream().start()
-    yield upstream
-    await upstream.stop()
 
 
 @pytest.fixture
