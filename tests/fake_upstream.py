@@ -76,8 +76,7 @@ class Received:
 
     method: str
     path: str  # decoded, without the query
-    path_qs: str  # decoded, with the query
-    raw_path: str  # as it came on the wire, with the query
+    path_qs: str  # with the query, as it came on the wire
     headers: CIMultiDictProxy[str]
     body: bytes
     params: dict[str, str] = field(default_factory=dict)  # what a route's {name}s matched
@@ -90,7 +89,7 @@ class Received:
 
     @property
     def query(self) -> MultiDictProxy[str]:
-        return URL(self.raw_path, encoded=True).query
+        return URL(self.path_qs, encoded=True).query
 
     def parts(self) -> list[Part]:
         """The parts of a multipart/related body (RFC 2046 section 5.1.1), else []."""
@@ -134,6 +133,7 @@ class FakeUpstream:
         self.received: list[Received] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.base_path = "/dicom-web"  # where its DICOMweb service is
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -163,7 +163,7 @@ class FakeUpstream:
 
     @property
     def dicomweb(self) -> str:
-        return self.url + "/dicom-web"
+        return self.url + self.base_path
 
     def count(self, needle: str = "") -> int:
         """Requests whose path and query contain ``needle``."""
@@ -173,6 +173,11 @@ class FakeUpstream:
     def paths(self) -> Counter[str]:
         """Requests per path (without the query)."""
         return Counter(received.path for received in self.received)
+
+    @property
+    def refused(self) -> list[str]:
+        """Why ``check`` refused each request it refused."""
+        return [received.refused for received in self.received if received.refused]
 
     # -- serving -------------------------------------------------------------------------
 
@@ -246,7 +251,6 @@ class FakeUpstream:
             request.method,
             request.path,
             request.path_qs,
-            request.raw_path,
             request.headers,
             await request.read(),
         )
@@ -295,7 +299,7 @@ class FakeUpstream:
         assert self._session is not None and self.origin is not None
         sent = CIMultiDict((k, v) for k, v in received.headers.items() if k.lower() not in _HOP)
         sent.update(headers or {})
-        url = URL(self.origin.rstrip("/") + received.raw_path, encoded=True)
+        url = URL(self.origin.rstrip("/") + received.path_qs, encoded=True)
         async with self._session.request(
             received.method, url, headers=sent, data=received.body or None
         ) as origin:
