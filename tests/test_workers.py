@@ -66,6 +66,7 @@ async def test_sigterm_lets_in_flight_requests_finish(
         await eventually_async(
             fake.count, interval=0.02, message="the request did not reach the upstream"
         )
+        assert not in_flight.done()  # premise: the answer is still coming
         process.send_signal(signal.SIGTERM)
         status, _, body = await in_flight
         assert status == 200 and body == WHOLE.data

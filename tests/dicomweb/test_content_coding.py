@@ -351,6 +351,12 @@ async def test_canned_archive_decoded_rewritten_stored_and_coded_per_client(
     asked = [r.headers.get("Accept-Encoding") for r in fake.received if r.path_qs == case.path]
     assert asked == [ASKS[resource]]
     assert {r.headers.get("Accept-Encoding") for r in fake.received} <= {"gzip", "identity"}
+    # Premise: the archive codes as it is meant to (always, or when asked and textual).
+    asking = "identity" if gzips == "always" else "gzip"
+    direct = await get(session, fake.url + case.path, case.accept, asking)
+    assert direct.headers.get("Content-Encoding") == (
+        "gzip" if gzips == "always" or case.textual else None
+    )
 
 
 # -- 2. the real Orthanc, on the configuration Debian ships -----------------------------
