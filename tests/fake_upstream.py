@@ -41,6 +41,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
+from tests.support import eventually_async
+
 DICOM_JSON = {"Content-Type": "application/dicom+json"}
 # Not end to end (RFC 9110 section 7.6.1), or set again by whoever sends the message on.
 _HOP = {
@@ -125,7 +127,7 @@ class FakeUpstream:
     fake:``.  ``check`` sees every request first; a refused one is answered ``refusal``
     with a JSON ``message`` (as the cloud archives answer)."""
 
-    def __init__(self, origin: str | None = None, check: Check | None = None) -> None:
+    def __init__(self, *, origin: str | None = None, check: Check | None = None) -> None:
         self.origin = origin  # e.g. Orthanc's root URL; requests no route takes go there
         self.check = check
         self.refusal = 401
@@ -361,8 +363,8 @@ async def _by_hand(
     for number, piece in enumerate(_pieces(sent, answer.pieces)):
         await asyncio.sleep(answer.pause if number else 0)
         transport.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" if chunked else piece)
-    while answer.hang and not transport.is_closing():  # until the peer goes away
-        await asyncio.sleep(0.05)
+    if answer.hang:
+        await eventually_async(transport.is_closing, timeout=60, message="the peer never left")
     transport.close()
     return web.Response()  # never sent: the connection is closed
 

@@ -212,7 +212,7 @@ def test_viewer_on_another_origin_without_cors_origins_is_blocked(
     assert traffic.failed
 
 
-# -- the cache, counted on what reaches the upstream -------------------------------
+# -- the cache, counted on what reaches the upstream ----------------------------------
 
 
 def test_reload_is_served_from_the_cache(
