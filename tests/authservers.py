@@ -1,5 +1,6 @@
-"""In-process servers for authentication tests: an OAuth2 token endpoint and an
-upstream that requires a bearer token, both recording what they received."""
+"""For authentication tests: an in-process OAuth2 token endpoint that records what it
+received, and the fake upstream made a DICOMweb origin that admits only the
+credentials a test accepts."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from urllib.parse import unquote_plus
 
 from aiohttp import web
+
+from tests.fake_upstream import DICOM_JSON, Answer, FakeUpstream, Received
 
 
 class TokenEndpoint:
@@ -72,28 +75,22 @@ class TokenEndpoint:
         return unquote_plus(user), unquote_plus(password)
 
 
-class BearerUpstream:
-    """A minimal DICOMweb origin: accepts requests whose ``Authorization`` passes
-    ``accepts``, answers 401 otherwise, and records every request's headers."""
+def bearer_origin(fake: FakeUpstream, accepts: Callable[[str], bool]) -> FakeUpstream:
+    """``fake`` as a minimal DICOMweb origin: ``[]`` to a request whose ``Authorization``
+    passes ``accepts``, a 401 to the others."""
 
-    def __init__(self, accepts: Callable[[str], bool]) -> None:
-        self.accepts = accepts
-        self.url = ""  # the DICOMweb base, set by whoever starts it
-        self.received: list[dict[str, str]] = []
-        self.statuses: list[int] = []
-        self.bodies: list[bytes] = []
-        self.app = web.Application()
-        self.app.router.add_route("*", "/dicom-web/{tail:.*}", self.handle)
+    def check(received: Received) -> str | None:
+        admitted = accepts(received.headers.get("Authorization", ""))
+        return None if admitted else "credentials not accepted"
 
-    def authorizations(self) -> list[str]:
-        return [headers.get("authorization", "") for headers in self.received]
+    fake.check = check
+    fake.route("*", "/dicom-web/{path:.*}", Answer(body="[]", headers=DICOM_JSON))
+    return fake
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.received.append({k.lower(): v for k, v in request.headers.items()})
-        body = await request.read()
-        self.bodies.append(body)
-        if not self.accepts(request.headers.get("Authorization", "")):
-            self.statuses.append(401)
-            return web.Response(status=401, headers={"WWW-Authenticate": 'Bearer realm="upstream"'})
-        self.statuses.append(200)
-        return web.json_response([], content_type="application/dicom+json")
+
+def authorizations(fake: FakeUpstream) -> list[str]:
+    return [received.headers.get("Authorization", "") for received in fake.received]
+
+
+def statuses(fake: FakeUpstream) -> list[int]:
+    return [received.status for received in fake.received]

@@ -1,10 +1,12 @@
-"""Chaos machinery: a faulty upstream, a mixed workload, and the invariants checked after.
+"""Chaos machinery: a seeded fault plan for the fake upstream, a mixed workload, and the
+invariants checked after.
 
-:class:`FaultyUpstream` is an in-process aiohttp relay in front of a real Orthanc that,
-with a seeded RNG, resets connections, stalls past the proxy's timeout, answers 5xx and
-429, truncates bodies in every HTTP framing (Content-Length, chunked, close-delimited)
-and restarts (stops listening, drops every connection, comes back on the same port).
-Everything stays on loopback; the run is bounded in time and in requests.
+:class:`Chaos` answers every request of the fake upstream (tests/fake_upstream.py)
+relaying to a real Orthanc: from a seeded RNG it resets connections, stalls past the
+proxy's timeout, answers 5xx and 429, truncates bodies in every HTTP framing
+(Content-Length, chunked, close-delimited), loses the answer to a STOW Orthanc stored,
+and restarts the fake (stops listening, drops every connection, comes back on the same
+port).  Everything stays on loopback; the run is bounded in time and in requests.
 """
 
 from __future__ import annotations
@@ -15,19 +17,18 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from harness.dicomgen import Study, make_study
 from proxy.dicomweb.media import parse_media_type
 from proxy.dicomweb.multipart import MultipartReader, boundary_of
 from proxy.errors import MalformedBody
+from tests.fake_upstream import Answer, FakeUpstream, Received
 
-HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "authorization"}
 DICOM = 'multipart/related; type="application/dicom"'
 FAULTS = {
     # kind: probability per request
@@ -40,62 +41,44 @@ FAULTS = {
     "truncate-close": 0.04,
     "reset-after-store": 0.03,  # STOW only: Orthanc stored it, the answer is lost
 }
+# The framing each cut is sent in: half of what Orthanc answered, then the connection closes.
+CUTS: dict[str, Any] = {
+    "truncate-length": "length",
+    "truncate-chunked": "chunked",
+    "truncate-close": "close",
+    "reset-after-store": "length",
+}
 
 
 @dataclass
-class FaultyUpstream:
-    target: str  # Orthanc's root, e.g. http://127.0.0.1:8042
+class Chaos:
+    """The answer to every request of ``fake``; ``enabled`` off, it only relays."""
+
+    fake: FakeUpstream
     seed: int
-    expected_auth: str
     stall_seconds: float = 1.5
     enabled: bool = True
     injected: Counter[str] = field(default_factory=Counter)
-    requests: int = 0
-    rejected_auth: int = 0
-    port: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        self._transports: set[asyncio.Transport] = set()
 
-    @property
-    def dicomweb(self) -> str:
-        return f"http://127.0.0.1:{self.port}/dicom-web"
-
-    async def start(self) -> FaultyUpstream:
-        app = web.Application(client_max_size=0)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.session = aiohttp.ClientSession(auto_decompress=False)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self.runner.setup()
-        await self._listen()
-        return self
-
-    async def _listen(self) -> None:
-        self.site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
-        await self.site.start()
-        server = self.site._server
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
-
-    async def restart(self, down_for: float) -> None:
-        """Stop listening, drop every open connection, come back after ``down_for``."""
-        self.injected["restart"] += 1
-        await self.site.stop()
-        for transport in list(self._transports):
-            transport.abort()
-        await asyncio.sleep(down_for)
-        await self._listen()
-
-    async def restarts(self, every: float, until: asyncio.Event) -> None:
-        while not until.is_set():
-            await asyncio.sleep(self.rng.uniform(every / 2, every * 1.5))
-            if self.enabled and not until.is_set():
-                await self.restart(self.rng.uniform(0.2, 0.8))
-
-    async def stop(self) -> None:
-        await self.session.close()
-        await self.runner.cleanup()
+    async def __call__(self, received: Received) -> Answer:
+        fault = self._fault(received.method)
+        if fault is not None:
+            self.injected[fault] += 1
+        if fault == "reset":
+            return Answer(reset=True)
+        if fault == "5xx":
+            return Answer(self.rng.choice([500, 502, 503, 504]), "injected failure")
+        if fault == "429":
+            return Answer(429, "slow down", {"Retry-After": "0"})
+        if fault == "stall":
+            await asyncio.sleep(self.stall_seconds)  # then relayed, too late for the proxy
+        answer = await self.fake.forward(received)
+        if fault in CUTS:
+            return replace(answer, framing=CUTS[fault], drop_after=len(answer.data) // 2)
+        return answer
 
     def _fault(self, method: str) -> str | None:
         if not self.enabled:
@@ -109,64 +92,13 @@ class FaultyUpstream:
             roll -= probability
         return None
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests += 1
-        transport = request.transport
-        assert transport is not None
-        self._transports.add(transport)  # type: ignore[arg-type]
-        if request.headers.get("Authorization") != self.expected_auth:
-            self.rejected_auth += 1
-            return web.Response(status=401, text="bad credentials")
-        fault = self._fault(request.method)
-        if fault is not None:
-            self.injected[fault] += 1
-        body = await request.read() if request.body_exists else None
-        if fault == "reset":
-            transport.abort()
-            return web.Response()
-        if fault == "stall":
-            await asyncio.sleep(self.stall_seconds)
-        if fault == "5xx":
-            status = self.rng.choice([500, 502, 503, 504])
-            return web.Response(status=status, text="injected failure")
-        if fault == "429":
-            return web.Response(status=429, text="slow down", headers={"Retry-After": "0"})
-        status, headers, payload = await self._origin(request, body)
-        if fault == "reset-after-store" or (fault or "").startswith("truncate"):
-            return self._cut(transport, fault or "", status, headers, payload)
-        return web.Response(status=status, headers=headers, body=payload)
-
-    async def _origin(
-        self, request: web.Request, body: bytes | None
-    ) -> tuple[int, dict[str, str], bytes]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
-        url = self.target + request.path_qs
-        async with self.session.request(request.method, url, headers=headers, data=body) as up:
-            kept = {k: v for k, v in up.headers.items() if k.lower() not in HOP}
-            return up.status, kept, await up.read()
-
-    def _cut(
-        self,
-        transport: asyncio.BaseTransport,
-        fault: str,
-        status: int,
-        headers: dict[str, str],
-        payload: bytes,
-    ) -> web.StreamResponse:
-        """Write the response by hand in the fault's framing, stop half-way, close."""
-        assert isinstance(transport, asyncio.Transport)
-        half = payload[: len(payload) // 2]
-        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        head = f"HTTP/1.1 {status} X\r\n{lines}"
-        if fault == "truncate-chunked":
-            data = f"{head}Transfer-Encoding: chunked\r\n\r\n{len(half):x}\r\n".encode() + half
-        elif fault == "truncate-close":
-            data = f"{head}Connection: close\r\n\r\n".encode() + half
-        else:  # truncate-length, reset-after-store
-            data = f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + half
-        transport.write(data)
-        transport.close()
-        return web.Response()
+    async def restarts(self, every: float, until: asyncio.Event) -> None:
+        """Restart the fake every ``every`` seconds or so, down 0.2 to 0.8 s each time."""
+        while not until.is_set():
+            await asyncio.sleep(self.rng.uniform(every / 2, every * 1.5))
+            if self.enabled and not until.is_set():
+                self.injected["restart"] += 1
+                await asyncio.to_thread(self.fake.restart, self.rng.uniform(0.2, 0.8))
 
 
 # -- the workload -------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """In-process emulators of what each cloud checks (no cloud is reachable from here).
 
-- :class:`DicomOrigin`: a canned DICOMweb archive (QIDO, WADO instance, STOW) that
-  admits a request only when its ``check`` says so, and records what it received.
+- :func:`serve_study`: the fake upstream (tests/fake_upstream.py) made a DICOMweb
+  archive (QIDO, WADO instance, STOW) that admits a request only when the cloud's
+  check says so; it records what it received.
 - Google: :class:`GoogleTokenEndpoint` verifies the RS256 JWT assertion of a generated
   service-account key (:func:`service_account_key`) and its scope;
   :class:`GoogleMetadataServer` requires ``Metadata-Flavor: Google``.
@@ -21,21 +22,26 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import pydicom
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from yarl import URL
 
 from harness.dicomgen import Study
-
-Check = Callable[[web.Request, bytes], str | None]  # None: admitted; else why refused
+from tests.fake_upstream import (
+    DICOM_JSON,
+    Answer,
+    Check,
+    FakeUpstream,
+    Received,
+    multipart_answer,
+    stow_success,
+)
 
 
 def _now() -> datetime.datetime:
@@ -45,74 +51,21 @@ def _now() -> datetime.datetime:
 # -- the archive -------------------------------------------------------------------------
 
 
-class DicomOrigin:
-    """Answers QIDO ``/studies``, WADO ``.../instances/{sop}`` and STOW ``POST /studies``
-    under any base path; ``refusal`` is the status of a refused request."""
+def serve_study(fake: FakeUpstream, study: Study, check: Check, refusal: int = 401) -> None:
+    """``fake`` answers QIDO ``/studies``, WADO ``.../instances/{sop}`` and STOW ``POST
+    /studies`` under any base path, for the requests ``check`` admits; ``refusal`` is
+    the status of a refused one."""
+    fake.check, fake.refusal = check, refusal
+    found = json.dumps([{"0020000D": {"vr": "UI", "Value": [study.uid]}}])
+    fake.route("GET", "{base:.*}/studies", Answer(body=found, headers=DICOM_JSON))
+    instances = {sop: data for _, sop, data in study.instances}
 
-    def __init__(self, study: Study, check: Check, refusal: int = 401) -> None:
-        self.study = study
-        self.url = ""  # the DICOMweb base, set by whoever starts it
-        self.check = check
-        self.refusal = refusal
-        self.received: list[tuple[str, str, dict[str, str]]] = []
-        self.refused: list[str] = []
-        self.stow_batches: list[int] = []  # instances per admitted STOW request
-        self.stow_lengths: list[str | None] = []  # Content-Length of each
-        self.app = web.Application(client_max_size=0)
-        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+    def instance(received: Received) -> Answer:
+        data = instances.get(received.params["sop"])
+        return Answer(404) if data is None else multipart_answer(data)
 
-    def count(self, needle: str) -> int:
-        return sum(1 for _, path, _ in self.received if needle in path)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        self.received.append((request.method, request.path_qs, dict(request.headers)))
-        why = self.check(request, body)
-        if why is not None:
-            self.refused.append(why)
-            return web.json_response({"message": why}, status=self.refusal)
-        if request.method == "POST" and request.path.endswith("/studies"):
-            return self._stow(request, body)
-        if request.path.endswith("/studies"):
-            return self._qido()
-        match = re.search(r"/instances/([0-9.]+)$", request.path)
-        if request.method == "GET" and match:
-            return self._instance(match.group(1))
-        return web.Response(status=404)
-
-    def _qido(self) -> web.Response:
-        found = [{"0020000D": {"vr": "UI", "Value": [self.study.uid]}}]
-        return web.json_response(found, content_type="application/dicom+json")
-
-    def _instance(self, sop_uid: str) -> web.Response:
-        data = {sop: data for _, sop, data in self.study.instances}.get(sop_uid)
-        if data is None:
-            return web.Response(status=404)
-        boundary = "origin-boundary"
-        body = (
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-            + data
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    def _stow(self, request: web.Request, body: bytes) -> web.Response:
-        boundary = request.content_type and request.headers["Content-Type"].split("boundary=")[1]
-        parts = [p for p in body.split(f"--{boundary}".encode())[1:] if not p.startswith(b"--")]
-        items = []
-        for part in parts:
-            dataset = pydicom.dcmread(BytesIO(part.split(b"\r\n\r\n", 1)[1][:-2]), force=True)
-            items.append(
-                {
-                    "00081150": {"vr": "UI", "Value": [str(dataset.SOPClassUID)]},
-                    "00081155": {"vr": "UI", "Value": [str(dataset.SOPInstanceUID)]},
-                }
-            )
-        self.stow_batches.append(len(items))
-        self.stow_lengths.append(request.headers.get("Content-Length"))
-        document = {"00081199": {"vr": "SQ", "Value": items}}
-        return web.json_response(document, content_type="application/dicom+json")
+    fake.route("GET", "{base:.*}/instances/{sop:[0-9.]+}", instance)
+    fake.route("POST", "{base:.*}/studies", stow_success)
 
 
 @dataclass
@@ -128,8 +81,8 @@ class Issuer:
         self.issued.append(token)
         return token
 
-    def bearer_check(self, request: web.Request, body: bytes) -> str | None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    def bearer_check(self, received: Received) -> str | None:
+        scheme, _, token = received.headers.get("Authorization", "").partition(" ")
         return None if scheme == "Bearer" and token in self.live else "not a live token"
 
 
@@ -339,23 +292,21 @@ class SigV4Checker:
     def allow(self, key: AwsKey) -> None:
         self.keys[key.access_key] = key
 
-    def __call__(self, request: web.Request, body: bytes) -> str | None:
+    def __call__(self, received: Received) -> str | None:
         match = re.fullmatch(
             r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
             r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})",
-            request.headers.get("Authorization", ""),
+            received.headers.get("Authorization", ""),
         )
         if match is None:
             return "missing or malformed SigV4 Authorization"
         access_key, day, region, service, signed, signature = match.groups()
         key = self.keys.get(access_key)
-        why = self._scope(key, day, region, service, request, signed.split(";"), body)
+        why = self._scope(key, day, region, service, received, signed.split(";"))
         if why:
             return why
         assert key is not None
-        if not hmac.compare_digest(
-            self._signature(key, request, signed.split(";"), body), signature
-        ):
+        if not hmac.compare_digest(self._signature(key, received, signed.split(";")), signature):
             return "SignatureDoesNotMatch"
         self.verified += 1
         return None
@@ -366,11 +317,10 @@ class SigV4Checker:
         day: str,
         region: str,
         service: str,
-        request: web.Request,
+        received: Received,
         signed: list[str],
-        body: bytes,
     ) -> str | None:
-        headers = request.headers
+        headers = received.headers
         if key is None:
             return "UnrecognizedClientException: unknown access key"
         if (region, service) != (self.region, self.service):
@@ -389,26 +339,30 @@ class SigV4Checker:
         if key.token is not None and headers.get("X-Amz-Security-Token") != key.token:
             return "the security token is missing or not this key's"
         claimed = headers.get("X-Amz-Content-SHA256")
-        if claimed is not None and claimed != hashlib.sha256(body).hexdigest():
+        if claimed is not None and claimed != hashlib.sha256(received.body).hexdigest():
             return "x-amz-content-sha256 does not match the body"
         return None
 
-    def _signature(self, key: AwsKey, request: web.Request, signed: list[str], body: bytes) -> str:
+    def _signature(self, key: AwsKey, received: Received, signed: list[str]) -> str:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
         from botocore.credentials import ReadOnlyCredentials
 
+        target = URL(received.path_qs, encoded=True)
+
         params = [
             (unquote(k), unquote(v))
             for k, _, v in (
-                pair.partition("=") for pair in request.rel_url.raw_query_string.split("&") if pair
+                pair.partition("=") for pair in target.raw_query_string.split("&") if pair
             )
         ]
-        headers = {name: ",".join(request.headers.getall(name)) for name in signed}
-        url = f"http://{request.headers['Host']}{request.rel_url.raw_path}"
-        aws_request = AWSRequest(method=request.method, url=url, headers=headers, data=body)
+        headers = {name: ",".join(received.headers.getall(name)) for name in signed}
+        url = f"http://{received.headers['Host']}{target.raw_path}"
+        aws_request = AWSRequest(
+            method=received.method, url=url, headers=headers, data=received.body
+        )
         aws_request.params = params
-        aws_request.context["timestamp"] = request.headers["X-Amz-Date"]
+        aws_request.context["timestamp"] = received.headers["X-Amz-Date"]
         auth = SigV4Auth(
             ReadOnlyCredentials(key.access_key, key.secret_key, key.token),
             self.service,

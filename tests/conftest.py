@@ -1,24 +1,23 @@
-"""Shared fixtures: a real Orthanc, synthetic studies, proxies in front of them, the
-fake upstreams more than one test module starts, and a headless Chromium."""
+"""Shared fixtures: a real Orthanc, synthetic studies, the one fake upstream (alone or
+relaying to Orthanc), proxies in front of them, and a headless Chromium."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
 from proxy.app import create_app
-from tests.relay import Relay
+from tests.fake_upstream import FakeUpstream
 from tests.support import ProxyThread, make_settings
-from tests.upstreams import RawUpstream
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -82,39 +81,36 @@ def proxy(orthanc: Orthanc, start_proxy: Callable[..., ProxyThread]) -> ProxyThr
 @pytest.fixture
 def proxy_to(aiohttp_client: ClientFactory, tmp_path: Path) -> Callable[..., Any]:
     """Start the proxy's app on the test's own loop (aiohttp's test client) in front of
-    an upstream: its DICOMweb URL, or an aiohttp test server (then its ``/dicom-web``).
-    Proxies started with the same ``data`` share a data directory (and so a cache);
-    ``clock`` is the cache's (tests.support.FakeClock to step through a TTL)."""
+    an upstream's DICOMweb URL.  Proxies started with the same ``data`` share a data
+    directory (and so a cache); ``clock`` is the cache's (tests.support.FakeClock to step
+    through a TTL)."""
 
     async def start(
-        upstream: str | TestServer,
+        upstream: str,
         data: str = "data",
         clock: Callable[[], float] = time.time,
         **overrides: Any,
     ) -> TestClient[Any, Any]:
-        url = upstream if isinstance(upstream, str) else str(upstream.make_url("/dicom-web"))
-        settings = make_settings(url, tmp_path / data, **overrides)
+        settings = make_settings(upstream, tmp_path / data, **overrides)
         return await aiohttp_client(create_app(settings, clock=clock))
 
     return start
 
 
 @pytest.fixture
-async def raw() -> AsyncIterator[RawUpstream]:
-    """A hand-written HTTP upstream; a test picks how it answers with ``raw.mode``."""
-    upstream = await RawUpstream().start()
-    yield upstream
-    await upstream.stop()
+def fake() -> Iterator[FakeUpstream]:
+    """The fake upstream (tests/fake_upstream.py) on a free 127.0.0.1 port, in its own
+    thread: no routes, no origin, until the test gives them."""
+    with FakeUpstream() as started:
+        yield started
 
 
 @pytest.fixture
-def relay(orthanc: Orthanc) -> Iterator[Relay]:
-    """A relay in front of the session's Orthanc that records what reaches it: path,
-    headers and parts of every request (tests/relay.py).  Modules that count reads
-    instead define a ``relay`` of their own."""
-    started = Relay(orthanc.dicomweb).start()
-    yield started
-    started.stop()
+def relay(fake: FakeUpstream, orthanc: Orthanc) -> FakeUpstream:
+    """The fake upstream relaying every request to the session's Orthanc and recording
+    it; a test adds routes for the faults it needs."""
+    fake.origin = orthanc.url
+    return fake
 
 
 # Module scope: sync Playwright keeps an event loop running in this thread while it is

@@ -1,7 +1,8 @@
 """Hostile clients: each attack is a clear rejection and never reaches an upstream.
 
-A counting :class:`Relay` stands where the upstream is (and one where a victim host is),
-so every test can assert that nothing was forwarded.  Related tests elsewhere: basic
+The fake upstream stands where the upstream is, answering 503 to everything (and a second
+one where a victim host is), so every test can assert that nothing was forwarded.
+Related tests elsewhere: basic
 traversal and absolute-form in ``test_forward.py``, credential partitions under
 passthrough in ``tests/auth/test_partition.py``, spool disk full in
 ``tests/stow/test_stow.py``.
@@ -13,26 +14,31 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from harness.net import free_port
-from tests.upstreams import Relay, misbehaving_app
+from tests.fake_upstream import Answer, FakeUpstream
 
-ServerFactory = Callable[..., Awaitable[TestServer]]
 ADMIN = "admin-token-s3cret"
 DICOM = 'multipart/related; type="application/dicom"; boundary=b'
 
 
 @pytest.fixture
-async def relay(aiohttp_server: ServerFactory) -> tuple[Relay, TestServer]:
-    counting = Relay("http://127.0.0.1:1", down=True)  # counts, answers 503, forwards nothing
-    return counting, await aiohttp_server(counting.app())
+def down(fake: FakeUpstream) -> FakeUpstream:
+    """The fake upstream counting requests and answering each 503."""
+    fake.route("*", "/{path:.*}", Answer(503, "down"))
+    return fake
+
+
+@pytest.fixture
+def victim() -> Iterator[FakeUpstream]:
+    """Another host, which no request may reach."""
+    with FakeUpstream() as started:
+        yield started
 
 
 async def raw_exchange(port: int, data: bytes, *, wait: float = 10.0) -> bytes:
@@ -81,66 +87,57 @@ def status_of(answer: bytes) -> int:
     ],
 )
 async def test_no_request_reaches_another_host(
-    aiohttp_server: ServerFactory,
-    relay: tuple[Relay, TestServer],
+    down: FakeUpstream,
+    victim: FakeUpstream,
     proxy_to: Callable[..., Any],
     request_line: str,
 ) -> None:
-    upstream, upstream_server = relay
-    victim = Relay("http://127.0.0.1:1", down=True)
-    victim_server = await aiohttp_server(victim.app())
-    client = await proxy_to(upstream_server)
-    host = f"127.0.0.1:{victim_server.port}"
+    client = await proxy_to(down.dicomweb)
+    host = f"127.0.0.1:{victim.port}"
     head = request_line.format(victim=host)
     answer = await raw_exchange(client.port, f"{head}\r\nHost: {host}\r\n\r\n".encode(), wait=3)
-    assert victim.total() == 0
-    assert upstream.total() == 0
+    assert victim.count() == 0
+    assert down.count() == 0
     assert status_of(answer) in {400, 404, 405}
 
 
 async def test_userinfo_lookalike_stays_a_path_on_the_configured_upstream(
-    aiohttp_server: ServerFactory, relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any]
+    down: FakeUpstream, victim: FakeUpstream, proxy_to: Callable[..., Any]
 ) -> None:
     """``/dicom-web/studies@victim/x`` is a path below the base, nothing more: it goes to
     the configured upstream (which answers for it), never to the named host."""
-    upstream, upstream_server = relay
-    victim = Relay("http://127.0.0.1:1", down=True)
-    victim_server = await aiohttp_server(victim.app())
-    client = await proxy_to(upstream_server)
-    host = f"127.0.0.1:{victim_server.port}"
+    client = await proxy_to(down.dicomweb)
+    host = f"127.0.0.1:{victim.port}"
     answer = await raw_exchange(
         client.port,
         f"GET /dicom-web/studies@{host}/x HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(),
         wait=3,
     )
     assert status_of(answer) == 503  # the configured upstream's answer
-    assert victim.total() == 0
-    assert list(upstream.counts) == [f"/dicom-web/studies@{host}/x"]
+    assert victim.count() == 0
+    assert [received.path_qs for received in down.received] == [f"/dicom-web/studies@{host}/x"]
 
 
 async def test_host_and_forwarded_headers_do_not_route(
-    aiohttp_server: ServerFactory, relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any]
+    down: FakeUpstream, victim: FakeUpstream, proxy_to: Callable[..., Any]
 ) -> None:
     """Host / X-Forwarded-Host / Forwarded name a victim: the configured upstream is asked,
     the victim never; with an invalid Host the request is refused before forwarding."""
-    upstream, upstream_server = relay
-    victim = Relay("http://127.0.0.1:1", down=True)
-    victim_server = await aiohttp_server(victim.app())
-    client = await proxy_to(upstream_server)
-    host = f"127.0.0.1:{victim_server.port}"
+    client = await proxy_to(down.dicomweb)
+    host = f"127.0.0.1:{victim.port}"
     headers = {"X-Forwarded-Host": host, "Forwarded": f"host={host}", "X-Forwarded-Proto": "http"}
     async with client.get("/dicom-web/studies", headers={**headers, "Host": host}) as response:
         await response.read()
-    assert victim.total() == 0 and upstream.total() == 1
-    (_, _, received), *_ = upstream.received
+    assert victim.count() == 0 and down.count() == 1
+    received = dict(down.received[0].headers)
     assert host not in json.dumps(received)  # client host names never go upstream
-    before = upstream.total()
+    before = down.count()
     for bad in ("evil.example/../x", "a b", "evil.example:99999999", "evil.example@x"):
         answer = await raw_exchange(
             client.port, f"GET /dicom-web/studies HTTP/1.1\r\nHost: {bad}\r\n\r\n".encode(), wait=3
         )
         assert status_of(answer) == 400, bad
-    assert upstream.total() == before
+    assert down.count() == before
 
 
 # -- traversal, in every encoding ---------------------------------------------------------
@@ -174,24 +171,22 @@ async def test_host_and_forwarded_headers_do_not_route(
     ],
 )
 async def test_traversal_and_injection_in_paths_refused(
-    relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any], raw_path: str
+    down: FakeUpstream, proxy_to: Callable[..., Any], raw_path: str
 ) -> None:
-    upstream, server = relay
-    client = await proxy_to(server)
+    client = await proxy_to(down.dicomweb)
     url = client.make_url("").with_path(raw_path, encoded=True)
     async with client.session.get(url) as response:
         # 404 where aiohttp's router already refuses a decoded CR/LF in the path.
         assert response.status in {400, 404}
         document = await response.json(content_type=None)
         assert document["status"] == response.status
-    assert upstream.total() == 0
+    assert down.count() == 0
 
 
 async def test_crlf_in_header_values_never_reaches_the_upstream(
-    relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any]
+    down: FakeUpstream, proxy_to: Callable[..., Any]
 ) -> None:
-    upstream, server = relay
-    client = await proxy_to(server)
+    client = await proxy_to(down.dicomweb)
     for header in (b"Accept: a\rInjected: 1", b"X-Request-ID: a\r\x00b", b"Accept: \x00"):
         answer = await raw_exchange(
             client.port,
@@ -199,17 +194,16 @@ async def test_crlf_in_header_values_never_reaches_the_upstream(
             wait=3,
         )
         assert status_of(answer) == 400, header
-    assert upstream.total() == 0
+    assert down.count() == 0
 
 
 # -- oversized ----------------------------------------------------------------------------
 
 
 async def test_oversized_headers_and_lines_refused(
-    relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any]
+    down: FakeUpstream, proxy_to: Callable[..., Any]
 ) -> None:
-    upstream, server = relay
-    client = await proxy_to(server)
+    client = await proxy_to(down.dicomweb)
     for head in (
         b"GET /dicom-web/studies HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n",
         b"GET /dicom-web/studies?" + b"q" * 40_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -219,15 +213,14 @@ async def test_oversized_headers_and_lines_refused(
     ):
         answer = await raw_exchange(client.port, head, wait=3)
         assert status_of(answer) in {400, 413, 431}
-    assert upstream.total() == 0
+    assert down.count() == 0
 
 
 @pytest.mark.parametrize("chunked", [False, True])
 async def test_max_body_refuses_stow_before_anything_is_sent(
-    relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any], chunked: bool
+    down: FakeUpstream, proxy_to: Callable[..., Any], chunked: bool
 ) -> None:
-    upstream, server = relay
-    client = await proxy_to(server, max_body=1000)
+    client = await proxy_to(down.dicomweb, max_body=1000)
     body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + b"x" * 5000 + b"\r\n--b--\r\n"
 
     async def stream() -> Any:
@@ -241,19 +234,18 @@ async def test_max_body_refuses_stow_before_anything_is_sent(
         "/dicom-web/other", data=body, headers={"Content-Type": "application/octet-stream"}
     ) as response:
         assert response.status == 413
-    assert upstream.total() == 0
+    assert down.count() == 0
 
 
 # -- slow clients -------------------------------------------------------------------------
 
 
 async def test_slowloris_headers_are_cut_off(
-    relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any]
+    down: FakeUpstream, proxy_to: Callable[..., Any]
 ) -> None:
     """Headers dribbled one byte at a time: the connection is closed once
     ``--client-timeout`` passed since it opened, however steady the dribble."""
-    upstream, server = relay
-    client = await proxy_to(server, client_timeout=0.5)
+    client = await proxy_to(down.dicomweb, client_timeout=0.5)
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
     writer.write(b"GET /dicom-web/studies HTTP/1.1\r\nHost: x\r\n")
     closed = False
@@ -274,14 +266,13 @@ async def test_slowloris_headers_are_cut_off(
                 pass
     writer.close()
     assert closed
-    assert upstream.total() == 0
+    assert down.count() == 0
 
 
 async def test_a_stalled_request_body_gets_408_and_sends_nothing(
-    relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any], tmp_path: Path
+    down: FakeUpstream, proxy_to: Callable[..., Any], tmp_path: Path
 ) -> None:
-    upstream, server = relay
-    client = await proxy_to(server, client_timeout=0.5)
+    client = await proxy_to(down.dicomweb, client_timeout=0.5)
     head = (
         f"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Type: {DICOM}\r\n"
         "Content-Length: 100000\r\n\r\n"
@@ -291,7 +282,7 @@ async def test_a_stalled_request_body_gets_408_and_sends_nothing(
     )
     assert status_of(answer) == 408
     assert b"Request timeout" in answer
-    assert upstream.total() == 0
+    assert down.count() == 0
     spool = tmp_path / "data" / "spool"
     assert not spool.exists() or not any(spool.rglob("*.*"))
 
@@ -316,24 +307,22 @@ ADMIN_ROUTES = [
     [None, "Bearer wrong", f"Bearer {ADMIN}x", f"Basic {ADMIN}", f"bearer  {ADMIN}", ADMIN],
 )
 async def test_admin_routes_need_the_exact_token(
-    relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any], authorization: str | None
+    down: FakeUpstream, proxy_to: Callable[..., Any], authorization: str | None
 ) -> None:
-    upstream, server = relay
-    client = await proxy_to(server, admin_token=ADMIN)
+    client = await proxy_to(down.dicomweb, admin_token=ADMIN)
     headers = {"Authorization": authorization} if authorization else {}
     for method, path in ADMIN_ROUTES:
         async with client.request(method, path, headers=headers, allow_redirects=False) as response:
             body = await response.text()
             assert response.status in {401, 303}, (method, path, response.status)
             assert ADMIN not in body
-    assert upstream.total() == 0
+    assert down.count() == 0
 
 
 async def test_admin_routes_do_not_exist_without_a_token(
-    relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any]
+    down: FakeUpstream, proxy_to: Callable[..., Any]
 ) -> None:
-    _, server = relay
-    client = await proxy_to(server)
+    client = await proxy_to(down.dicomweb)
     for method, path in ADMIN_ROUTES:
         async with client.request(method, path, headers={"Authorization": "Bearer x"}) as r:
             assert r.status in {404, 405}, (method, path)
@@ -343,17 +332,17 @@ async def test_admin_routes_do_not_exist_without_a_token(
 
 
 async def test_secrets_and_patient_names_absent_from_logs_and_error_bodies(
-    relay: tuple[Relay, TestServer],
+    down: FakeUpstream,
     proxy_to: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
 ) -> None:
-    _, server = relay  # down: every forwarded request fails, errors log the most
+    # down: every forwarded request fails, errors log the most
     tokens = tmp_path / "tokens"
     tokens.write_text("inbound-token-s3cret\n")
     secrets = ["upstream-pw-s3cret", "inbound-token-s3cret", ADMIN, "wrong-token-s3cret"]
     client = await proxy_to(
-        server,
+        down.dicomweb,
         admin_token=ADMIN,
         upstream_auth="basic",
         upstream_username="proxy",
@@ -391,19 +380,14 @@ async def test_secrets_and_patient_names_absent_from_logs_and_error_bodies(
 
 @pytest.mark.parametrize("fault", ["stall", "oversize"])
 async def test_a_client_body_fault_on_a_streamed_forward_is_the_clients(
-    aiohttp_server: ServerFactory, proxy_to: Callable[..., Any], fault: str
+    fake: FakeUpstream, proxy_to: Callable[..., Any], fault: str
 ) -> None:
     """Bodies that are not STOW stream straight to the upstream, so the upstream request
     has begun; a stalled or oversized body still answers 408/413, not a 502 blaming the
     upstream."""
 
-    async def sink(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(text="stored")
-
-    app = web.Application(client_max_size=0)
-    app.router.add_route("*", "/dicom-web/{tail:.*}", sink)
-    client = await proxy_to(await aiohttp_server(app), client_timeout=0.5, max_body=1000)
+    fake.route("*", "/dicom-web/{path:.*}", Answer(body="stored"))  # once the body is in
+    client = await proxy_to(fake.dicomweb, client_timeout=0.5, max_body=1000)
     if fault == "stall":
         length, body, expected = "Content-Length: 900", b"abc", 408
     else:
@@ -414,11 +398,10 @@ async def test_a_client_body_fault_on_a_streamed_forward_is_the_clients(
 
 
 async def test_slowloris_on_the_metrics_port_is_cut_off_too(
-    relay: tuple[Relay, TestServer], proxy_to: Callable[..., Any]
+    down: FakeUpstream, proxy_to: Callable[..., Any]
 ) -> None:
-    _, server = relay
     port = free_port()
-    await proxy_to(server, client_timeout=0.5, metrics_listen=f"127.0.0.1:{port}")
+    await proxy_to(down.dicomweb, client_timeout=0.5, metrics_listen=f"127.0.0.1:{port}")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
     await writer.drain()
@@ -428,12 +411,12 @@ async def test_slowloris_on_the_metrics_port_is_cut_off_too(
 
 
 async def test_client_timeout_does_not_cut_a_request_being_answered(
-    aiohttp_server: ServerFactory, proxy_to: Callable[..., Any]
+    fake: FakeUpstream, proxy_to: Callable[..., Any]
 ) -> None:
     """The header bound ends once the request is in: a slow answer, and a slow download,
     outlast --client-timeout."""
-    fake = await aiohttp_server(misbehaving_app())
-    client = await proxy_to(fake, client_timeout=0.3, upstream_timeout=5)
-    async with client.get("/dicom-web/studies/9.1/stall?for=1") as response:
+    fake.route("GET", "/dicom-web/studies/9.1/stall", Answer(body="late", delay=1))
+    client = await proxy_to(fake.dicomweb, client_timeout=0.3, upstream_timeout=5)
+    async with client.get("/dicom-web/studies/9.1/stall") as response:
         assert response.status == 200
         assert await response.text() == "late"

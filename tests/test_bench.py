@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from bench import clients, paired, wrk
 from bench.burst import percentile
 from bench.nginx import render
 from bench.wan import Link, WanRelay
+from tests.fake_upstream import Answer, FakeUpstream, Received
 
 
 async def test_wan_relay_delays_each_direction_and_caps_the_rate() -> None:
@@ -105,41 +105,24 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 0.5) == 25
 
 
-def test_paired_latency_is_the_difference_within_each_pair() -> None:
+def test_paired_latency_is_the_difference_within_each_pair(fake: FakeUpstream) -> None:
     """A target that answers 30 ms later than the origin is measured as about +30 ms,
     and the origin against itself as about 0, whatever the origin's own time."""
-    delays = {"origin": 0.0, "slow": 0.03}
 
-    def server(name: str) -> ThreadingHTTPServer:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def answering_after(delay: float) -> Callable[[Received], Answer]:
+        # The origin's drift on top: what pairing has to cancel.
+        return lambda received: Answer(body="[]", delay=delay + random.uniform(0, 0.01))
 
-            def do_GET(self) -> None:
-                time.sleep(delays[name] + random.uniform(0, 0.01))  # the origin's drift
-                # One write: headers and body apart would meet Nagle and delayed ACKs.
-                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        return httpd
-
-    origin, slow = server("origin"), server("slow")
-    try:
-        url = "http://127.0.0.1:{}/dicom-web".format
+    fake.route("GET", "/dicom-web/{path:.*}", answering_after(0.0))
+    with FakeUpstream() as slow:
+        slow.route("GET", "/dicom-web/{path:.*}", answering_after(0.03))
         added = paired.added_latency(
-            url(origin.server_port),
-            {"slow": url(slow.server_port), "same": url(origin.server_port)},
+            fake.dicomweb,
+            {"slow": slow.dicomweb, "same": fake.dicomweb},
             "/studies/1/metadata",
             "application/dicom+json",
             pairs=30,
         )
-    finally:
-        for httpd in (origin, slow):
-            httpd.shutdown()
-            httpd.server_close()
     assert 20 < added["slow"].median_ms < 45
     assert abs(added["same"].median_ms) < 8
     assert added["slow"].pairs == 30

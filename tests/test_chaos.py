@@ -1,9 +1,9 @@
 """Chaos: a mixed workload through the proxy (a subprocess) to an upstream that misbehaves.
 
 Viewers retrieve metadata and instances, uploaders send STOW bodies of various sizes,
-while :class:`tests.chaos.FaultyUpstream` in front of a real Orthanc resets, stalls,
-answers 5xx and 429, truncates bodies in every framing and restarts, all from a seeded
-RNG.  Then, with the faults off, the invariants:
+while the fake upstream in front of a real Orthanc, answering as :class:`tests.chaos.Chaos`
+decides, resets, stalls, answers 5xx and 429, truncates bodies in every framing and
+restarts, all from a seeded RNG.  Then, with the faults off, the invariants:
 
 - every cached entry is byte-identical to the origin's copy (fetched again through the
   proxy as a HIT, compared with Orthanc direct);
@@ -30,7 +30,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from harness.net import free_port
 from harness.orthanc import Orthanc
 from proxy.dicomweb.rewrite import Rewriter
 from tests.chaos import (
-    FaultyUpstream,
+    Chaos,
     Workload,
     complete,
     dead_lettered,
@@ -50,6 +49,7 @@ from tests.chaos import (
     parts_of,
     rss_kib,
 )
+from tests.fake_upstream import FakeUpstream
 
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "25"))
 REQUESTS = int(os.environ.get("CHAOS_REQUESTS", "3000"))
@@ -61,15 +61,20 @@ PATIENT = ("Doe^Jane", "Doe%5EJane", "DOE^JANE")
 
 
 @pytest.fixture
-async def faulty(orthanc: Orthanc) -> AsyncIterator[FaultyUpstream]:
+def faulty(relay: FakeUpstream) -> Chaos:
+    """The fake upstream relaying to Orthanc, with the proxy's credentials required and
+    every answer decided by the seeded fault plan."""
     auth = "Basic " + base64.b64encode(f"chaos:{PASSWORD}".encode()).decode()
-    upstream = await FaultyUpstream(orthanc.url, SEED, auth).start()
-    yield upstream
-    await upstream.stop()
+    relay.check = lambda received: (
+        None if received.headers.get("Authorization") == auth else "bad credentials"
+    )
+    chaos = Chaos(relay, SEED)
+    relay.route("*", "/{path:.*}", chaos)
+    return chaos
 
 
 def start_proxy(
-    upstream: FaultyUpstream, data_dir: Path, workers: int
+    upstream: FakeUpstream, data_dir: Path, workers: int
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     data_dir.mkdir(parents=True)
@@ -126,15 +131,13 @@ async def sample_rss(pid: int, peak: list[int], stop: asyncio.Event) -> None:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-async def test_chaos(
-    orthanc: Orthanc, faulty: FaultyUpstream, tmp_path: Path, workers: int
-) -> None:
+async def test_chaos(orthanc: Orthanc, faulty: Chaos, tmp_path: Path, workers: int) -> None:
     studies = [make_study(2, 3, rows=64, columns=64) for _ in range(3)]
     for study in studies:
         for _, _, data in study.instances:
             orthanc.upload(data)
     data_dir = tmp_path / "data"
-    process, port = start_proxy(faulty, data_dir, workers)
+    process, port = start_proxy(faulty.fake, data_dir, workers)
     proxy = f"http://127.0.0.1:{port}"
     try:
         assert await wait_until(proxy + "/healthz"), "the proxy did not start"
@@ -159,7 +162,7 @@ async def test_chaos(
 
 async def _run(
     orthanc: Orthanc,
-    faulty: FaultyUpstream,
+    faulty: Chaos,
     process: subprocess.Popen[bytes],
     proxy: str,
     studies: list[Any],
@@ -188,8 +191,8 @@ async def _run(
     peak[0] = max(peak[0], proxy_rss_kib(process.pid))
     if peak[0] > RSS_LIMIT_KIB:
         violations.append(f"proxy RSS peaked at {peak[0]} KiB")
-    if faulty.rejected_auth:
-        violations.append(f"{faulty.rejected_auth} upstream requests without the credentials")
+    if faulty.fake.refused:
+        violations.append(f"{len(faulty.fake.refused)} upstream requests without the credentials")
     for body in workload.bodies:
         violations += _secrets_in(body.decode(errors="replace"), "an error body")
     return {
@@ -197,7 +200,7 @@ async def _run(
         "seconds": round(elapsed, 1),
         "requests_sent": dict(workload.sent),
         "requests_total": workload.total,
-        "upstream_requests": faulty.requests,
+        "upstream_requests": len(faulty.fake.received),
         "responses": dict(workload.statuses),
         "faults_injected": dict(faulty.injected),
         "cache_entries_verified": verified,

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from pathlib import Path
-
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from harness.net import free_port
 from harness.orthanc import Orthanc
+from tests.fake_upstream import Answer, FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,32 +50,20 @@ async def test_check_fails_when_the_upstream_is_unreachable(tmp_path: Path) -> N
     assert out.rstrip().endswith("failed: upstream")
 
 
-def fake_upstream(status: int, body: bytes, content_type: str) -> web.Application:
-    async def studies(request: web.Request) -> web.Response:
-        return web.Response(status=status, body=body, content_type=content_type)
-
-    app = web.Application()
-    app.router.add_get("/dicom-web/studies", studies)
-    return app
-
-
 async def test_check_fails_on_a_qido_answer_that_is_not_json(
-    aiohttp_server: Callable[..., TestServer], tmp_path: Path
+    fake: FakeUpstream, tmp_path: Path
 ) -> None:
-    server = await aiohttp_server(fake_upstream(200, b"<html>login</html>", "text/html"))
-    url = f"http://127.0.0.1:{server.port}/dicom-web"
-    status, out = await run_check("--upstream-url", url, "--data-dir", str(tmp_path))
+    login = Answer(200, "<html>login</html>", {"Content-Type": "text/html"})
+    fake.route("GET", "/dicom-web/studies", login)
+    status, out = await run_check("--upstream-url", fake.dicomweb, "--data-dir", str(tmp_path))
     assert status == 1
     assert "upstream: ok (HTTP 200" in out
     assert "qido: FAILED (the answer is not JSON)" in out
 
 
-async def test_check_names_rejected_credentials(
-    aiohttp_server: Callable[..., TestServer], tmp_path: Path
-) -> None:
-    server = await aiohttp_server(fake_upstream(401, b"{}", "application/json"))
-    url = f"http://127.0.0.1:{server.port}/dicom-web"
-    status, out = await run_check("--upstream-url", url, "--data-dir", str(tmp_path))
+async def test_check_names_rejected_credentials(fake: FakeUpstream, tmp_path: Path) -> None:
+    fake.route("GET", "/dicom-web/studies", Answer(401, "{}", {"Content-Type": "application/json"}))
+    status, out = await run_check("--upstream-url", fake.dicomweb, "--data-dir", str(tmp_path))
     assert status == 1
     assert (
         "upstream: FAILED (the upstream requires authentication: HTTP 401 (see --upstream-auth))"

@@ -7,13 +7,13 @@ import errno
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from harness.dicomgen import make_study
@@ -25,88 +25,46 @@ from proxy.cache import service as cache_service
 from proxy.cache.store import free_bytes
 from proxy.stow import dead_letter as dead_letter_module
 from proxy.stow.parts import SpooledPart
-from tests.relay import Faults as StowFaults
-from tests.relay import Relay as StowRelay
+from tests.fake_upstream import DICOM_JSON, Answer, FakeUpstream
 from tests.support import FakeClock, eventually_async, make_settings, multipart_stow
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 METADATA = '[{"00080018": {"vr": "UI", "Value": ["1.2.3"]}}, {"00080018": {"vr": "UI"}}]'
 
 
-class CloseDelimited:
-    """An origin that answers JSON close-delimited (no length, not chunked), whole or cut."""
-
-    def __init__(self) -> None:
-        self.cut = True
-        self.requests = 0
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/dicom-web"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass
-        self.requests += 1
-        body = METADATA.encode()
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\n")
-        writer.write(b"Connection: close\r\n\r\n" + (body[: len(body) // 2] if self.cut else body))
-        await writer.drain()
-        writer.close()
-
-
-@pytest.fixture
-async def origin() -> AsyncIterator[tuple[CloseDelimited, str]]:
-    server = CloseDelimited()
-    url = await server.start()
-    yield server, url
-    server.server.close()
-
-
 @pytest.mark.parametrize("cached", [True, False])
 async def test_cut_close_delimited_json_is_an_error_not_a_short_body(
-    aiohttp_client: ClientFactory, tmp_path: Path, origin: tuple[CloseDelimited, str], cached: bool
+    aiohttp_client: ClientFactory, tmp_path: Path, fake: FakeUpstream, cached: bool
 ) -> None:
-    server, url = origin
-    settings = make_settings(url, tmp_path / "data", no_cache=not cached)
-    client = await aiohttp_client(create_app(settings))
     path = "/dicom-web/studies/1.2/series/1.3/instances/1.4/metadata"
+    whole = Answer(body=METADATA, headers=DICOM_JSON, framing="close")  # no length, not chunked
+    fake.route("GET", path, whole, first=[replace(whole, drop_after=len(METADATA) // 2)])
+    settings = make_settings(fake.dicomweb, tmp_path / "data", no_cache=not cached)
+    client = await aiohttp_client(create_app(settings))
     with pytest.raises(aiohttp.ClientPayloadError):
         async with client.get(path) as response:
             await response.read()
-    server.cut = False
     async with client.get(path) as response:
         assert await response.text() == METADATA
-    assert server.requests == 2
+    assert fake.count() == 2
 
 
 async def test_a_count_answer_without_the_count_is_an_upstream_fault_not_a_500(
-    aiohttp_client: ClientFactory, aiohttp_server: Callable[..., Any], tmp_path: Path
+    aiohttp_client: ClientFactory, fake: FakeUpstream, tmp_path: Path
 ) -> None:
     """Revalidation asks QIDO for NumberOfStudyRelatedInstances; an upstream that leaves
     it out (or answers garbage) is failing; the entry is answered all the same."""
-    answers = {"count": '[{"00201208": {"vr": "IS", "Value": [1]}}]'}
-    hits = {"metadata": 0}
-
-    async def metadata(request: web.Request) -> web.Response:
-        hits["metadata"] += 1
-        return web.Response(text=METADATA, content_type="application/dicom+json")
-
-    async def qido(request: web.Request) -> web.Response:
-        return web.Response(text=answers["count"], content_type="application/dicom+json")
-
-    app = web.Application()
-    app.router.add_get("/dicom-web/studies/1.2/metadata", metadata)
-    app.router.add_get("/dicom-web/studies", qido)
-    server = await aiohttp_server(app)
-    settings = make_settings(str(server.make_url("/dicom-web")), tmp_path / "data")
+    fake.route("GET", "/dicom-web/studies/1.2/metadata", Answer(body=METADATA, headers=DICOM_JSON))
+    count = '[{"00201208": {"vr": "IS", "Value": [1]}}]'
+    qido = fake.route("GET", "/dicom-web/studies", Answer(body=count, headers=DICOM_JSON))
+    settings = make_settings(fake.dicomweb, tmp_path / "data")
     clock = FakeClock()
     client = await aiohttp_client(create_app(settings, clock=clock))
     async with client.get("/dicom-web/studies/1.2/metadata") as response:
         assert response.status == 200 and response.headers["X-Cache"] == "MISS"
         await response.read()
     for broken in ("[{}]", '[{"00201208": {"vr": "IS"}}]', "[", '{"a": 1}'):
-        answers["count"] = broken
+        qido.answer = Answer(body=broken, headers=DICOM_JSON)
         clock.advance(61)  # past --metadata-ttl (60 s): the next request revalidates
         async with client.get("/dicom-web/studies/1.2/metadata") as response:
             assert response.status == 200, broken
@@ -132,13 +90,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-async def _serve_instances(aiohttp_server: Callable[..., Any], size: int) -> Any:
-    async def instance(request: web.Request) -> web.Response:
-        return web.Response(body=_body(request.match_info["sop"], size))
-
-    app = web.Application()
-    app.router.add_get("/dicom-web/studies/1.2/series/1.3/instances/{sop}", instance)
-    return await aiohttp_server(app)
+def _serve_instances(fake: FakeUpstream, size: int) -> None:
+    path = "/dicom-web/studies/1.2/series/1.3/instances/{sop}"
+    fake.route("GET", path, lambda received: Answer(body=_body(received.params["sop"], size)))
 
 
 def _body(sop: str, size: int = 6 * 1024**2) -> bytes:
@@ -153,7 +107,7 @@ async def _x_cache(client: TestClient[Any, Any], sop: str) -> tuple[str, bytes]:
 
 async def test_full_cache_disk_stops_filling_and_keeps_serving(
     aiohttp_client: ClientFactory,
-    aiohttp_server: Callable[..., Any],
+    fake: FakeUpstream,
     tmp_path: Path,
     small_disk: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -162,10 +116,8 @@ async def test_full_cache_disk_stops_filling_and_keeps_serving(
     not cached, and when a fill runs out of space mid-body the client still gets the
     whole body; nothing is left in tmp/."""
     monkeypatch.setattr(cache_service, "MIN_FREE_BYTES", 4 * 1024**2)
-    server = await _serve_instances(aiohttp_server, 6 * 1024**2)
-    settings = make_settings(
-        str(server.make_url("/dicom-web")), tmp_path / "data", cache_dir=str(small_disk)
-    )
+    _serve_instances(fake, 6 * 1024**2)
+    settings = make_settings(fake.dicomweb, tmp_path / "data", cache_dir=str(small_disk))
     client = await aiohttp_client(create_app(settings))
     assert (await _x_cache(client, "1.1"))[0] == "MISS"
     assert (await _x_cache(client, "1.1"))[0] == "HIT"
@@ -186,7 +138,7 @@ async def test_full_cache_disk_stops_filling_and_keeps_serving(
 
 async def test_disk_full_mid_fill_without_a_tmpfs(
     aiohttp_client: ClientFactory,
-    aiohttp_server: Callable[..., Any],
+    fake: FakeUpstream,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -203,8 +155,8 @@ async def test_disk_full_mid_fill_without_a_tmpfs(
         return real_write(fd, data)
 
     monkeypatch.setattr(fill_module.os, "write", write)
-    server = await _serve_instances(aiohttp_server, 6 * 1024**2)
-    settings = make_settings(str(server.make_url("/dicom-web")), tmp_path / "data")
+    _serve_instances(fake, 6 * 1024**2)
+    settings = make_settings(fake.dicomweb, tmp_path / "data")
     client = await aiohttp_client(create_app(settings))
     results = await asyncio.gather(*(_x_cache(client, "4.4") for _ in range(2)))
     assert [body == _body("4.4") for _, body in results] == [True, True]
@@ -224,9 +176,8 @@ def _serve(upstream: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 async def test_kill_9_mid_upload_leaves_a_clean_spool_and_sends_nothing(
-    orthanc: Orthanc, tmp_path: Path
+    orthanc: Orthanc, relay: FakeUpstream, tmp_path: Path
 ) -> None:
-    relay = StowRelay(orthanc.dicomweb).start()
     port, data_dir = free_port(), tmp_path / "data"
     study = make_study(1, 4, rows=64, columns=64)
     boundary = "kill-9-boundary"
@@ -276,7 +227,6 @@ async def test_kill_9_mid_upload_leaves_a_clean_spool_and_sends_nothing(
     finally:
         proxy.kill()
         proxy.wait(10)
-        relay.stop()
 
 
 def _stored(orthanc: Orthanc, study_uid: str) -> set[str]:
@@ -292,7 +242,7 @@ def _stored(orthanc: Orthanc, study_uid: str) -> set[str]:
 
 async def test_full_dead_letter_disk_still_reports_every_failure(
     aiohttp_client: ClientFactory,
-    orthanc: Orthanc,
+    relay: FakeUpstream,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -305,22 +255,19 @@ async def test_full_dead_letter_disk_still_reports_every_failure(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(dead_letter_module, "_extract", full)
-    relay = StowRelay(orthanc.dicomweb, faults=StowFaults(fail_always=True)).start()
-    try:
-        settings = make_settings(
-            relay.dicomweb, tmp_path / "data", stow_retries=1, stow_retry_delay=0.01
-        )
-        client = await aiohttp_client(create_app(settings))
-        study = make_study(1, 3, rows=16, columns=16)
-        body, content_type = multipart_stow(study, "b")
-        headers = {"Content-Type": content_type}
-        async with client.post("/dicom-web/studies", data=body, headers=headers) as response:
-            assert response.status == 409
-            document = await response.json(content_type=None)
-        failed = {item["00081155"]["Value"][0] for item in document["00081198"]["Value"]}
-        assert failed == {sop for _, sop, _ in study.instances}
-        dead_letter = settings.dead_letter_path
-        assert not dead_letter.exists() or list(dead_letter.iterdir()) == []
-        assert not any(p.is_file() for p in settings.spool_path.rglob("*"))
-    finally:
-        relay.stop()
+    relay.route("POST", "/dicom-web/studies", Answer(503, "busy", {"Retry-After": "0"}))
+    settings = make_settings(
+        relay.dicomweb, tmp_path / "data", stow_retries=1, stow_retry_delay=0.01
+    )
+    client = await aiohttp_client(create_app(settings))
+    study = make_study(1, 3, rows=16, columns=16)
+    body, content_type = multipart_stow(study, "b")
+    headers = {"Content-Type": content_type}
+    async with client.post("/dicom-web/studies", data=body, headers=headers) as response:
+        assert response.status == 409
+        document = await response.json(content_type=None)
+    failed = {item["00081155"]["Value"][0] for item in document["00081198"]["Value"]}
+    assert failed == {sop for _, sop, _ in study.instances}
+    dead_letter = settings.dead_letter_path
+    assert not dead_letter.exists() or list(dead_letter.iterdir()) == []
+    assert not any(p.is_file() for p in settings.spool_path.rglob("*"))

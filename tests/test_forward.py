@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from harness.dicomgen import Study
 from harness.net import free_port
 from harness.orthanc import Orthanc
-from tests.upstreams import Relay, misbehaving_app
+from tests.fake_upstream import Answer, FakeUpstream
 
-ServerFactory = Callable[..., Awaitable[TestServer]]
-
-
-@pytest.fixture
-async def fake(aiohttp_server: ServerFactory) -> TestServer:
-    return await aiohttp_server(misbehaving_app())
-
-
-def base(server: TestServer) -> str:
-    return str(server.make_url("/dicom-web"))
+INSTANCE = "/dicom-web/studies/1.2.3/series/4.5/instances/6.7"
+ARCHIVE = "http://archive.internal:8042/dicom-web"  # the name an archive gives itself
 
 
 async def problem(response: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -43,28 +34,38 @@ async def test_refused_connection_is_502(proxy_to: Callable[..., Any]) -> None:
     assert (await problem(response))["title"] == "Upstream unreachable"
 
 
-async def test_stall_past_timeout_is_504(proxy_to: Callable[..., Any], fake: TestServer) -> None:
-    client = await proxy_to(base(fake), upstream_timeout=0.3)
-    response = await client.get("/dicom-web/studies/9.1/stall?for=3")
+async def test_stall_past_timeout_is_504(proxy_to: Callable[..., Any], fake: FakeUpstream) -> None:
+    fake.route("GET", "/dicom-web/studies/9.1/stall", Answer(body="late", delay=3))
+    client = await proxy_to(fake.dicomweb, upstream_timeout=0.3)
+    response = await client.get("/dicom-web/studies/9.1/stall")
     assert response.status == 504
     assert "in time" in (await problem(response))["detail"]
 
 
-@pytest.mark.parametrize("route", ["drop-length", "drop-chunked"])
+@pytest.mark.parametrize("framing", ["length", "chunked"])
 async def test_dropped_body_is_an_error_not_a_short_body(
-    proxy_to: Callable[..., Any], fake: TestServer, route: str
+    proxy_to: Callable[..., Any], fake: FakeUpstream, framing: Any
 ) -> None:
-    client = await proxy_to(base(fake))
-    response = await client.get(f"/dicom-web/studies/1.2.3/series/4.5/instances/6.7/{route}")
+    dropped = Answer(
+        body=b"x" * 100_000,
+        headers={"Content-Type": "application/dicom"},
+        framing=framing,
+        drop_after=50_000,
+    )
+    fake.route("GET", f"{INSTANCE}/drop", dropped)
+    client = await proxy_to(fake.dicomweb)
+    response = await client.get(f"{INSTANCE}/drop")
     assert response.status == 200
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()
 
 
 async def test_upstream_errors_pass_through_unchanged(
-    proxy_to: Callable[..., Any], fake: TestServer
+    proxy_to: Callable[..., Any], fake: FakeUpstream
 ) -> None:
-    client = await proxy_to(base(fake))
+    busy = Answer(503, "archive busy", {"Retry-After": "7", "Content-Type": "text/plain"})
+    fake.route("GET", "/dicom-web/studies/503", busy)
+    client = await proxy_to(fake.dicomweb)
     response = await client.get("/dicom-web/studies/503")
     assert response.status == 503
     assert await response.text() == "archive busy"
@@ -72,9 +73,9 @@ async def test_upstream_errors_pass_through_unchanged(
 
 
 async def test_request_headers_towards_the_upstream(
-    proxy_to: Callable[..., Any], fake: TestServer
+    proxy_to: Callable[..., Any], fake: FakeUpstream
 ) -> None:
-    client = await proxy_to(base(fake))
+    client = await proxy_to(fake.dicomweb)
     response = await client.get(
         "/dicom-web/echo",
         headers={
@@ -88,7 +89,7 @@ async def test_request_headers_towards_the_upstream(
             "Accept": "application/dicom+json",
         },
     )
-    seen = {k.lower(): v for k, v in (await response.json()).items()}
+    seen = fake.received[0].headers
     for absent in ("authorization", "cookie", "x-forwarded-host", "forwarded", "x-private"):
         assert absent not in seen
     assert seen["host"] == f"127.0.0.1:{fake.port}"
@@ -100,19 +101,27 @@ async def test_request_headers_towards_the_upstream(
 
 
 async def test_generated_request_id_when_missing_or_forged(
-    proxy_to: Callable[..., Any], fake: TestServer
+    proxy_to: Callable[..., Any], fake: FakeUpstream
 ) -> None:
-    client = await proxy_to(base(fake))
+    client = await proxy_to(fake.dicomweb)
     response = await client.get("/dicom-web/echo", headers={"X-Request-ID": "a b\tc"})
     generated = response.headers["X-Request-ID"]
     assert len(generated) == 32 and generated.isalnum()
-    assert (await response.json())["X-Request-ID"] == generated
+    assert fake.received[0].headers["X-Request-ID"] == generated
 
 
 async def test_url_headers_and_wadl_rewritten(
-    proxy_to: Callable[..., Any], fake: TestServer
+    proxy_to: Callable[..., Any], fake: FakeUpstream
 ) -> None:
-    client = await proxy_to(base(fake), public_url="https://edge.example/dicom-web")
+    headers = {
+        "Location": f"{ARCHIVE}/studies/1.2.3",
+        "Content-Location": f"{ARCHIVE}/studies/1.2.3",
+        "Warning": f'299 {ARCHIVE} "stored with warnings"',
+        "Content-Type": "application/vnd.sun.wadl+xml",
+    }
+    wadl = Answer(201, f'<resources base="{ARCHIVE}/"/>', headers)
+    fake.route("*", "/dicom-web/location", wadl)
+    client = await proxy_to(fake.dicomweb, public_url="https://edge.example/dicom-web")
     response = await client.options("/dicom-web/location")
     public = "https://edge.example/dicom-web"
     assert response.headers["Location"] == f"{public}/studies/1.2.3"
@@ -132,9 +141,9 @@ async def test_url_headers_and_wadl_rewritten(
     ],
 )
 async def test_path_traversal_refused(
-    proxy_to: Callable[..., Any], fake: TestServer, raw_path: str
+    proxy_to: Callable[..., Any], fake: FakeUpstream, raw_path: str
 ) -> None:
-    client = await proxy_to(base(fake))
+    client = await proxy_to(fake.dicomweb)
     url = client.make_url("").with_path(raw_path, encoded=True)
     async with client.session.get(url) as response:
         assert response.status == 400
@@ -142,18 +151,16 @@ async def test_path_traversal_refused(
 
 
 async def test_plain_dot_segments_never_reach_the_upstream(
-    aiohttp_server: ServerFactory, proxy_to: Callable[..., Any]
+    fake: FakeUpstream, proxy_to: Callable[..., Any]
 ) -> None:
-    relay = Relay("http://127.0.0.1:1")
-    server = await aiohttp_server(relay.app())
-    client = await proxy_to(base(server))
+    client = await proxy_to(fake.dicomweb)
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
     writer.write(b"GET /dicom-web/studies/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
     status_line = await reader.readline()
     writer.close()
     assert status_line.split()[1] in {b"400", b"404"}
-    assert relay.total() == 0
+    assert fake.count() == 0
 
 
 @pytest.mark.parametrize(
@@ -165,28 +172,27 @@ async def test_plain_dot_segments_never_reach_the_upstream(
     ],
 )
 async def test_malformed_uids_refused(
-    proxy_to: Callable[..., Any], fake: TestServer, path: str
+    proxy_to: Callable[..., Any], fake: FakeUpstream, path: str
 ) -> None:
-    client = await proxy_to(base(fake))
+    client = await proxy_to(fake.dicomweb)
     response = await client.get(path)
     assert response.status == 400
     assert "UID" in (await problem(response))["detail"]
 
 
 async def test_unknown_route_is_a_problem_404(
-    proxy_to: Callable[..., Any], fake: TestServer
+    proxy_to: Callable[..., Any], fake: FakeUpstream
 ) -> None:
-    client = await proxy_to(base(fake))
+    client = await proxy_to(fake.dicomweb)
     response = await client.get("/elsewhere")
     assert response.status == 404
     await problem(response)
 
 
 async def test_absolute_form_target_cannot_reach_another_host(
-    aiohttp_server: ServerFactory, proxy_to: Callable[..., Any]
+    fake: FakeUpstream, proxy_to: Callable[..., Any]
 ) -> None:
-    relay = Relay("http://127.0.0.1:1")
-    victim = await aiohttp_server(relay.app())
+    victim = fake
     client = await proxy_to(f"http://127.0.0.1:{free_port()}/dicom-web")
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
     target = f"http://127.0.0.1:{victim.port}/dicom-web/studies"
@@ -194,19 +200,16 @@ async def test_absolute_form_target_cannot_reach_another_host(
     await writer.drain()
     await reader.readline()
     writer.close()
-    assert relay.total() == 0
+    assert victim.count() == 0
 
 
 async def test_rewrites_a_host_the_upstream_announces_itself(
-    aiohttp_server: ServerFactory,
-    proxy_to: Callable[..., Any],
-    orthanc: Orthanc,
-    study: Study,
+    fake: FakeUpstream, proxy_to: Callable[..., Any], orthanc: Orthanc, study: Study
 ) -> None:
     """Orthanc behind a relay announces pacs.internal, not the address the proxy dials."""
-    relay = Relay(orthanc.url, host="pacs.internal:8042")
-    server = await aiohttp_server(relay.app())
-    client = await proxy_to(base(server))
+    fake.origin = orthanc.url
+    fake.route("*", "/{path:.*}", lambda seen: fake.forward(seen, {"Host": "pacs.internal:8042"}))
+    client = await proxy_to(fake.dicomweb)
     series_uid, sop_uid, _ = study.instances[0]
     public = f"http://127.0.0.1:{client.port}/dicom-web"
     for path in (
@@ -240,9 +243,10 @@ async def test_json_is_gzipped_for_clients_that_accept_it(
 
 
 async def test_cors_preflight_and_origin_echo(
-    proxy_to: Callable[..., Any], fake: TestServer
+    proxy_to: Callable[..., Any], fake: FakeUpstream
 ) -> None:
-    client = await proxy_to(base(fake), cors_origins=("https://viewer.example",))
+    fake.route("GET", "/dicom-web/echo", Answer(body="{}"))
+    client = await proxy_to(fake.dicomweb, cors_origins=("https://viewer.example",))
     preflight = await client.options(
         "/dicom-web/studies",
         headers={"Origin": "https://viewer.example", "Access-Control-Request-Method": "GET"},
@@ -270,11 +274,10 @@ async def test_health_and_readiness(proxy_to: Callable[..., Any], orthanc: Ortha
 
 
 async def test_readiness_asks_the_upstream_at_most_every_five_seconds(
-    aiohttp_server: ServerFactory, proxy_to: Callable[..., Any], orthanc: Orthanc
+    fake: FakeUpstream, proxy_to: Callable[..., Any], orthanc: Orthanc
 ) -> None:
-    relay = Relay(orthanc.url)
-    server = await aiohttp_server(relay.app())
-    client = await proxy_to(base(server))
+    fake.origin = orthanc.url
+    client = await proxy_to(fake.dicomweb)
     for _ in range(10):
         assert (await client.get("/readyz")).status == 200
-    assert relay.total() == 1
+    assert fake.count() == 1

@@ -28,7 +28,7 @@ import pytest
 from harness.dicomgen import Study, make_study
 from harness.net import free_port
 from harness.orthanc import Orthanc
-from tests.relay import Relay
+from tests.fake_upstream import FakeUpstream
 from tests.support import ProxyThread, eventually
 
 JOB_TIMEOUT = 20.0
@@ -140,7 +140,7 @@ def tag_value(item: dict[str, Any], tag: str) -> Any:
 
 
 def test_site_pushes_a_study_through_the_proxy_in_batches(
-    site: Orthanc, site_proxy: Callable[..., ProxyThread], relay: Relay, orthanc: Orthanc
+    site: Orthanc, site_proxy: Callable[..., ProxyThread], relay: FakeUpstream, orthanc: Orthanc
 ) -> None:
     study = make_study(2, 6, rows=64, columns=64)
     upload(site, study)
@@ -154,20 +154,20 @@ def test_site_pushes_a_study_through_the_proxy_in_batches(
     assert job["State"] == "Success", job
     assert job["Content"]["InstancesCount"] == "12", job
     assert orthanc.study_instance_count(study.uid) == 12
-    batches = relay.stow_requests
+    batches = [r for r in relay.received if r.method == "POST"]
     assert [batch.path for batch in batches] == ["/dicom-web/studies"] * len(batches)
     assert all(batch.status == 200 for batch in batches), [b.status for b in batches]
-    assert all(len(batch.parts) <= 5 for batch in batches), [len(b.parts) for b in batches]
+    assert all(len(batch.parts()) <= 5 for batch in batches), [len(b.parts()) for b in batches]
     sent = [
         pydicom.dcmread(io.BytesIO(part.body), stop_before_pixels=True).SOPInstanceUID
         for batch in batches
-        for part in batch.parts
+        for part in batch.parts()
     ]
     assert sorted(sent) == sop_uids(study)  # every instance once: nothing lost, no replay
 
 
 def test_site_pulls_a_study_and_a_second_pull_comes_from_the_cache(
-    site: Orthanc, site_proxy: Callable[..., ProxyThread], relay: Relay, orthanc: Orthanc
+    site: Orthanc, site_proxy: Callable[..., ProxyThread], relay: FakeUpstream, orthanc: Orthanc
 ) -> None:
     study = make_study(2, 3)
     upload(orthanc, study)

@@ -9,26 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-from aiohttp.test_utils import TestServer
 
 from harness.dicomgen import Study
-from harness.orthanc import Orthanc
 from proxy import prefetch
 from proxy.progress import Progress, Reporter, eta, progress_bar
-from tests.recorder import Recorder
+from tests.fake_upstream import FakeUpstream
 from tests.support import ProxyThread, eventually_async
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def recorded_proxy(
-    orthanc: Orthanc,
-    aiohttp_server: Callable[..., TestServer],
-    start_proxy: Callable[..., ProxyThread],
-) -> tuple[Recorder, ProxyThread]:
-    recorder = Recorder(orthanc.url)
-    server = await aiohttp_server(recorder.app())
-    return recorder, start_proxy(f"http://127.0.0.1:{server.port}/dicom-web")
 
 
 def instance_paths(study: Study) -> list[str]:
@@ -39,12 +27,9 @@ def instance_paths(study: Study) -> list[str]:
 
 
 async def test_prefetch_reads_metadata_then_every_instance_once(
-    orthanc: Orthanc,
-    study: Study,
-    aiohttp_server: Callable[..., TestServer],
-    start_proxy: Callable[..., ProxyThread],
+    relay: FakeUpstream, study: Study, start_proxy: Callable[..., ProxyThread]
 ) -> None:
-    recorder, proxy = await recorded_proxy(orthanc, aiohttp_server, start_proxy)
+    proxy = start_proxy(relay.dicomweb)
     output = io.StringIO()
     options = prefetch.Options(proxy.dicomweb, studies=(study.uid,), concurrency=3)
     progress = await prefetch.run(options, Reporter(output, tty=False))
@@ -52,11 +37,13 @@ async def test_prefetch_reads_metadata_then_every_instance_once(
     assert progress.failures == []
     assert (progress.studies_done, progress.studies_total) == (1, 1)
     assert progress.instances_done == progress.instances_total == 6
-    assert recorder.paths[f"/dicom-web/studies/{study.uid}/metadata"] == 1
-    for path in instance_paths(study):
-        assert recorder.paths[path] == 1
+    assert relay.paths[f"/dicom-web/studies/{study.uid}/metadata"] == 1
+    instances = instance_paths(study)
+    for path in instances:
+        assert relay.paths[path] == 1
     # Every byte the upstream sent for the instances reached the prefetcher.
-    assert progress.bytes == sum(recorder.body_bytes[path] for path in instance_paths(study))
+    sent = [len(r.answer.data) for r in relay.received if r.answer and r.path in instances]
+    assert progress.bytes == sum(sent)
     assert progress.bytes > sum(len(data) for _, _, data in study.instances)
     assert output.getvalue().startswith(f"study {study.uid}: 6 instances, ")
     # The study is now served from the cache: metadata and every instance are hits.
@@ -67,7 +54,7 @@ async def test_prefetch_reads_metadata_then_every_instance_once(
         for path in instance_paths(study):
             accept = {"Accept": prefetch.DEFAULT_ACCEPT}
             await eventually_hit(session, proxy.url + path, accept)
-    assert recorder.paths[f"/dicom-web/studies/{study.uid}/metadata"] == 1
+    assert relay.paths[f"/dicom-web/studies/{study.uid}/metadata"] == 1
 
 
 async def eventually_hit(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> None:
@@ -82,12 +69,9 @@ async def eventually_hit(session: aiohttp.ClientSession, url: str, headers: dict
 
 
 async def test_prefetch_command_with_a_query_and_a_failure(
-    orthanc: Orthanc,
-    study: Study,
-    aiohttp_server: Callable[..., TestServer],
-    start_proxy: Callable[..., ProxyThread],
+    relay: FakeUpstream, study: Study, start_proxy: Callable[..., ProxyThread]
 ) -> None:
-    recorder, proxy = await recorded_proxy(orthanc, aiohttp_server, start_proxy)
+    proxy = start_proxy(relay.dicomweb)
     command = [sys.executable, "-m", "proxy", "prefetch", "--proxy-url", proxy.dicomweb]
     found = await run_command(*command, "--query", f"StudyInstanceUID={study.uid}")
     assert found[0] == 0, found
@@ -95,9 +79,9 @@ async def test_prefetch_command_with_a_query_and_a_failure(
     assert found[1].rstrip().endswith("0 failed")
     assert f"study {study.uid}: 6 instances" in found[2]
     # The prefetch's search, and the cache's instance count for the metadata entry.
-    assert recorder.paths["/dicom-web/studies"] == 2
+    assert relay.paths["/dicom-web/studies"] == 2
     for path in instance_paths(study):
-        assert recorder.paths[path] == 1
+        assert relay.paths[path] == 1
 
     missing = "1.2.826.0.1.3680043.10.999.1"
     status, out, _ = await run_command(*command, "--study", missing, "--concurrency", "2")

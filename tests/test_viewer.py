@@ -7,10 +7,8 @@ driven by Playwright (never ``playwright install``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession, web
 from playwright.sync_api import Browser, Page, Request, Response
 
 from demo.ohif import viewer_dist
 from harness.dicomgen import PHANTOM_PATIENT, Study, make_study
 from harness.net import free_port
 from harness.orthanc import Orthanc
+from tests.fake_upstream import FakeUpstream
 from tests.support import ProxyThread
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "viewer.png"
@@ -214,95 +212,29 @@ def test_viewer_on_another_origin_without_cors_origins_is_blocked(
     assert traffic.failed
 
 
-# -- a relay in front of Orthanc that counts what reaches the upstream ----------------
-
-
-class CountingRelay:
-    """Forwards everything to Orthanc and records each request path it saw."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.paths: list[str] = []
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self._session: ClientSession | None = None
-
-    @property
-    def dicomweb(self) -> str:
-        return f"http://127.0.0.1:{self.port}/dicom-web"
-
-    def start(self) -> CountingRelay:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(15)
-        return self
-
-    async def _start(self) -> None:
-        self._session = ClientSession(auto_decompress=False)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._relay)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def _relay(self, request: web.Request) -> web.StreamResponse:
-        assert self._session is not None
-        self.paths.append(request.path)
-        headers = {k: v for k, v in request.headers.items() if k.lower() in _RELAYED}
-        async with self._session.get(self.target + request.path_qs, headers=headers) as up:
-            kept = {k: v for k, v in up.headers.items() if k.lower() in _RETURNED}
-            response = web.StreamResponse(status=up.status, headers=kept)
-            await response.prepare(request)
-            async for chunk in up.content.iter_chunked(65536):
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._runner is not None:
-                await self._runner.cleanup()
-            if self._session is not None:
-                await self._session.close()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(15)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(15)
-        self.loop.close()
-
-
-_RELAYED = {"accept", "accept-encoding"}
-_RETURNED = {"content-type", "content-encoding", "content-location"}
-
-
-@pytest.fixture
-def relay(orthanc: Orthanc) -> Iterator[CountingRelay]:
-    server = CountingRelay(orthanc.url).start()
-    yield server
-    server.stop()
+# -- the cache, counted on what reaches the upstream ----------------------------------
 
 
 def test_reload_is_served_from_the_cache(
     page: Page,
     ohif: Path,
     phantom: Study,
-    relay: CountingRelay,
+    relay: FakeUpstream,
     start_proxy: Callable[..., ProxyThread],
 ) -> None:
     proxy = start_proxy(relay.dicomweb, viewer_dir=str(ohif))
     open_study(page, proxy.url, phantom.uid)
     page.wait_for_load_state("networkidle")
-    first = {p for p in relay.paths if "/frames/" in p or p.endswith("/metadata")}
+    first = {r.path for r in relay.received if "/frames/" in r.path or r.path.endswith("/metadata")}
     assert any("/frames/" in path for path in first)
     assert any(path.endswith("/metadata") for path in first)
-    relay.paths.clear()
+    relay.received.clear()
     page.reload()
     page.wait_for_function(CANVAS_SHOWS_IMAGE, timeout=LOAD_TIMEOUT_MS, polling=250)
     page.wait_for_load_state("networkidle")
     # OHIF loads slices lazily, so a reload may ask for slices the first load never
     # did; none that was already fetched may reach the upstream again.
-    again = [p for p in relay.paths if p in first]
+    again = [r.path for r in relay.received if r.path in first]
     assert again == []
 
 

@@ -1,5 +1,6 @@
-"""Fixtures for authentication tests: the in-process token endpoint and upstream, a
-settable clock, and a check that no secret reaches the captured logs or output."""
+"""Fixtures for authentication tests: the in-process token endpoint, the fake upstream
+accepting its tokens, a settable clock, and a check that no secret reaches the captured
+logs or output."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.settings import Settings
-from tests.authservers import BearerUpstream, TokenEndpoint
+from tests.authservers import TokenEndpoint, bearer_origin
+from tests.fake_upstream import FakeUpstream
 from tests.support import make_settings
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -83,11 +85,9 @@ def serve(aiohttp_server: ServerFactory) -> Serve:
 
 
 @pytest.fixture
-async def oauth_upstream(idp: TokenEndpoint, serve: Serve) -> BearerUpstream:
-    """An upstream that accepts exactly the live tokens of ``idp``."""
-    upstream = BearerUpstream(idp.accepts)
-    upstream.url = await serve(upstream.app) + "/dicom-web"
-    return upstream
+def oauth_upstream(idp: TokenEndpoint, fake: FakeUpstream) -> FakeUpstream:
+    """The fake upstream accepting exactly the live tokens of ``idp``."""
+    return bearer_origin(fake, idp.accepts)
 
 
 def settings_for(upstream_url: str, tmp_path: Path, **overrides: object) -> Settings:

@@ -16,18 +16,14 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from harness.dicomgen import make_study
+from harness.dicomgen import Study, make_study
 from proxy.auth import aws, sigv4
 from proxy.auth.credentials import Outgoing
 from proxy.cli import main
 from proxy.upstream import Upstream
 from tests.auth.conftest import Serve, settings_for
-from tests.cloudservers import (
-    AwsCredentialsEndpoint,
-    AwsKey,
-    DicomOrigin,
-    SigV4Checker,
-)
+from tests.cloudservers import AwsCredentialsEndpoint, AwsKey, SigV4Checker, serve_study
+from tests.fake_upstream import FakeUpstream
 from tests.support import ProxyThread, multipart_stow
 
 # main(["check", ...]) configures the root logger; the tests after must not inherit it.
@@ -63,14 +59,20 @@ def checker(secrets_checked: set[str]) -> Iterator[SigV4Checker]:
 
 
 @pytest.fixture
-async def origin(
-    checker: SigV4Checker, serve: Serve, secrets_checked: set[str]
-) -> AsyncIterator[DicomOrigin]:
-    archive = DicomOrigin(make_study(1, 5, rows=16, columns=16), checker, refusal=403)
-    archive.url = await serve(archive.app) + "/datastore/4f1c0e6a"
-    yield archive
+def archived() -> Study:
+    return make_study(1, 5, rows=16, columns=16)
+
+
+@pytest.fixture
+def origin(
+    fake: FakeUpstream, checker: SigV4Checker, archived: Study, secrets_checked: set[str]
+) -> Iterator[FakeUpstream]:
+    """The fake upstream as HealthImaging: SigV4 checked, 403 when refused."""
+    serve_study(fake, archived, checker, refusal=403)
+    fake.base_path = "/datastore/4f1c0e6a"
+    yield fake
     # Every signature the archive saw is a secret of its own: none may be logged.
-    secrets_checked.update(h.get("Authorization", "") for _, _, h in archive.received)
+    secrets_checked.update(r.headers.get("Authorization", "") for r in fake.received)
 
 
 def use_static(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,8 +101,10 @@ async def pod_identity(
     secrets_checked.update(endpoint.secrets())
 
 
-def upstream_for(origin: DicomOrigin, tmp_path: Path, **options: object) -> Upstream:
-    settings = settings_for(origin.url, tmp_path, upstream_auth="aws", aws_region=REGION, **options)
+def upstream_for(origin: FakeUpstream, tmp_path: Path, **options: object) -> Upstream:
+    settings = settings_for(
+        origin.dicomweb, tmp_path, upstream_auth="aws", aws_region=REGION, **options
+    )
     return Upstream(settings, aws.credentials_from(settings))
 
 
@@ -112,7 +116,7 @@ async def qido(upstream: Upstream, query: dict[str, str] | None = None) -> int:
 
 
 async def test_qido_with_wildcards_and_commas_is_signed_as_the_service_reads_it(
-    origin: DicomOrigin, checker: SigV4Checker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    origin: FakeUpstream, checker: SigV4Checker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_static(monkeypatch)
     upstream = upstream_for(origin, tmp_path)
@@ -121,7 +125,7 @@ async def test_qido_with_wildcards_and_commas_is_signed_as_the_service_reads_it(
     finally:
         await upstream.close()
     assert origin.refused == [] and checker.verified == 1
-    _, path, headers = origin.received[0]
+    path, headers = origin.received[0].path_qs, origin.received[0].headers
     assert "DOE%2A" in path and "00080020%2C00080030" in path and "%2B0100" in path
     assert headers["X-Amz-Security-Token"] == STATIC.token
     assert headers["Authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={STATIC.access_key}/")
@@ -129,13 +133,13 @@ async def test_qido_with_wildcards_and_commas_is_signed_as_the_service_reads_it(
 
 
 async def test_a_tampered_header_or_an_old_date_is_refused(
-    origin: DicomOrigin, checker: SigV4Checker, monkeypatch: pytest.MonkeyPatch
+    origin: FakeUpstream, checker: SigV4Checker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The emulator is as strict as the service: signed headers and the date matter."""
     use_static(monkeypatch)
     credentials = aws.AwsCredentials(REGION, lambda: botocore.session.Session().get_credentials())
     frozen = await credentials._current()
-    url = URL(origin.url + "/studies")
+    url = URL(origin.dicomweb + "/studies")
     request = Outgoing("GET", url, CIMultiDict({"Content-Type": "application/dicom+json"}), None)
     sigv4.sign(frozen.sdk, REGION, request, sigv4.EMPTY_SHA256)
     async with aiohttp.ClientSession() as session:
@@ -153,14 +157,17 @@ async def test_a_tampered_header_or_an_old_date_is_refused(
 
 
 async def test_stow_batches_are_hashed_from_the_spool_and_carry_content_length(
-    origin: DicomOrigin,
+    origin: FakeUpstream,
+    archived: Study,
     checker: SigV4Checker,
     start_proxy: Callable[..., ProxyThread],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     use_static(monkeypatch)
-    proxy = start_proxy(origin.url, upstream_auth="aws", aws_region=REGION, stow_max_instances=2)
-    body, content_type = multipart_stow(origin.study)
+    proxy = start_proxy(
+        origin.dicomweb, upstream_auth="aws", aws_region=REGION, stow_max_instances=2
+    )
+    body, content_type = multipart_stow(archived)
     async with (
         aiohttp.ClientSession() as session,
         session.post(
@@ -169,29 +176,31 @@ async def test_stow_batches_are_hashed_from_the_spool_and_carry_content_length(
     ):
         document = await response.json(content_type=None)
     assert response.status == 200, document
-    assert origin.stow_batches == [2, 2, 1]
-    assert all(length and int(length) > 0 for length in origin.stow_lengths)
-    posts = [h for method, _, h in origin.received if method == "POST"]
+    stows = [r for r in origin.received if r.method == "POST" and not r.refused]
+    assert [len(r.parts()) for r in stows] == [2, 2, 1]
+    assert all(int(r.headers.get("Content-Length", 0)) > 0 for r in stows)
+    posts = [r.headers for r in origin.received if r.method == "POST"]
     assert all(len(h["X-Amz-Content-SHA256"]) == 64 for h in posts)  # a real hash, not UNSIGNED
     assert origin.refused == [] and checker.verified == 3
 
 
 async def test_qido_and_wado_through_the_proxy_then_wado_from_the_cache(
-    origin: DicomOrigin,
+    origin: FakeUpstream,
+    archived: Study,
     checker: SigV4Checker,
     start_proxy: Callable[..., ProxyThread],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     use_static(monkeypatch)
-    proxy = start_proxy(origin.url, upstream_auth="aws", aws_region=REGION)
-    series, sop, data = origin.study.instances[0]
-    instance = f"{proxy.dicomweb}/studies/{origin.study.uid}/series/{series}/instances/{sop}"
+    proxy = start_proxy(origin.dicomweb, upstream_auth="aws", aws_region=REGION)
+    series, sop, data = archived.instances[0]
+    instance = f"{proxy.dicomweb}/studies/{archived.uid}/series/{series}/instances/{sop}"
     accept = {"Accept": 'multipart/related; type="application/dicom"'}
     async with aiohttp.ClientSession() as session:
         async with session.get(proxy.dicomweb + "/studies", params=QUERY) as response:
             assert response.status == 200
             assert (await response.json(content_type=None))[0]["0020000D"]["Value"] == [
-                origin.study.uid
+                archived.uid
             ]
         caches = []
         for _ in range(2):
@@ -204,7 +213,7 @@ async def test_qido_and_wado_through_the_proxy_then_wado_from_the_cache(
 
 
 async def test_temporary_credentials_refreshed_once_for_32_requests_before_they_expire(
-    origin: DicomOrigin, pod_identity: AwsCredentialsEndpoint, tmp_path: Path
+    origin: FakeUpstream, pod_identity: AwsCredentialsEndpoint, tmp_path: Path
 ) -> None:
     """Inside botocore's refresh window (15 min before expiry) the key is renewed:
     once for a wave of 32 concurrent requests, and not at all while it is fresh."""
@@ -224,13 +233,18 @@ async def test_temporary_credentials_refreshed_once_for_32_requests_before_they_
         assert (credentials.fetches, pod_identity.calls) == (2, 3)  # fresh: none
     finally:
         await upstream.close()
-    used = {h["Authorization"].split("Credential=")[1].split("/")[0] for _, _, h in origin.received}
+    used = {
+        r.headers["Authorization"].split("Credential=")[1].split("/")[0] for r in origin.received
+    }
     assert used == {key.access_key for key in pod_identity.issued[1:]}  # the first was due at once
     assert origin.refused == []
 
 
 async def test_a_refused_key_is_replaced_once_and_the_request_sent_again(
-    origin: DicomOrigin, checker: SigV4Checker, pod_identity: AwsCredentialsEndpoint, tmp_path: Path
+    origin: FakeUpstream,
+    checker: SigV4Checker,
+    pod_identity: AwsCredentialsEndpoint,
+    tmp_path: Path,
 ) -> None:
     upstream = upstream_for(origin, tmp_path)
     try:
@@ -246,7 +260,7 @@ async def test_a_refused_key_is_replaced_once_and_the_request_sent_again(
 
 
 async def test_an_expired_signature_is_signed_again_once(
-    origin: DicomOrigin, checker: SigV4Checker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    origin: FakeUpstream, checker: SigV4Checker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A service clock 6 minutes ahead refuses every signature: a signature just made
     with an unchanged key is not worth making again, so the 403 reaches the caller."""
@@ -261,7 +275,7 @@ async def test_an_expired_signature_is_signed_again_once(
 
 
 async def test_check_names_the_credential_source(
-    origin: DicomOrigin,
+    origin: FakeUpstream,
     pod_identity: AwsCredentialsEndpoint,
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
@@ -269,7 +283,7 @@ async def test_check_names_the_credential_source(
     argv = [
         "check",
         "--upstream-url",
-        origin.url,
+        origin.dicomweb,
         "--upstream-auth",
         "aws",
         "--aws-region",

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.dicomgen import make_study
+from harness.dicomgen import Study, make_study
 from proxy.auth import config
 from proxy.cli import main
 from proxy.upstream import Upstream
 from tests.auth.conftest import Clock, Serve, settings_for
 from tests.auth.test_google import exercise, wave
-from tests.cloudservers import DicomOrigin, EntraEndpoint
+from tests.cloudservers import EntraEndpoint, serve_study
+from tests.fake_upstream import FakeUpstream
 from tests.support import ProxyThread
 
 # main(["check", ...]) configures the root logger; the tests after must not inherit it.
@@ -45,10 +46,16 @@ async def entra(serve: Serve, secrets_checked: set[str]) -> AsyncIterator[EntraE
 
 
 @pytest.fixture
-async def origin(entra: EntraEndpoint, serve: Serve) -> DicomOrigin:
-    archive = DicomOrigin(make_study(1, 5, rows=16, columns=16), entra.tokens.bearer_check)
-    archive.url = await serve(archive.app) + "/v2"
-    return archive
+def archived() -> Study:
+    return make_study(1, 5, rows=16, columns=16)
+
+
+@pytest.fixture
+def origin(entra: EntraEndpoint, fake: FakeUpstream, archived: Study) -> FakeUpstream:
+    """The fake upstream as Azure's DICOM service, admitting Entra's live tokens."""
+    serve_study(fake, archived, entra.tokens.bearer_check)
+    fake.base_path = "/v2"
+    return fake
 
 
 def federated(tmp_path: Path, entra: EntraEndpoint, assertion: str) -> dict[str, str]:
@@ -65,11 +72,11 @@ def federated(tmp_path: Path, entra: EntraEndpoint, assertion: str) -> dict[str,
 
 
 async def test_client_secret_one_token_for_32_requests_and_the_resource_scope(
-    entra: EntraEndpoint, origin: DicomOrigin, tmp_path: Path, clock: Clock
+    entra: EntraEndpoint, origin: FakeUpstream, tmp_path: Path, clock: Clock
 ) -> None:
     entra.delay = 0.2
     settings = settings_for(
-        origin.url, tmp_path, upstream_auth="azure", azure_tenant_id=TENANT,
+        origin.dicomweb, tmp_path, upstream_auth="azure", azure_tenant_id=TENANT,
         azure_client_id=CLIENT, azure_client_secret=SECRET,
     )  # fmt: skip
     credentials = config.credentials_from(settings, {"AZURE_AUTHORITY_HOST": entra.url})
@@ -90,10 +97,10 @@ async def test_client_secret_one_token_for_32_requests_and_the_resource_scope(
 
 
 async def test_workload_identity_reads_the_rotated_token_file_on_each_refresh(
-    entra: EntraEndpoint, origin: DicomOrigin, tmp_path: Path, secrets_checked: set[str]
+    entra: EntraEndpoint, origin: FakeUpstream, tmp_path: Path, secrets_checked: set[str]
 ) -> None:
     environ = federated(tmp_path, entra, "eyJhbGciOiJSUzI1NiJ9.first-projected-token.sig1")
-    settings = settings_for(origin.url, tmp_path, upstream_auth="azure")
+    settings = settings_for(origin.dicomweb, tmp_path, upstream_auth="azure")
     upstream = Upstream(settings, config.credentials_from(settings, environ))
     try:
         assert await wave(upstream) == [200] * 32
@@ -115,9 +122,11 @@ async def test_workload_identity_reads_the_rotated_token_file_on_each_refresh(
 
 
 async def test_managed_identity_asks_imds_with_its_header_and_resource(
-    entra: EntraEndpoint, origin: DicomOrigin, tmp_path: Path
+    entra: EntraEndpoint, origin: FakeUpstream, tmp_path: Path
 ) -> None:
-    settings = settings_for(origin.url, tmp_path, upstream_auth="azure", azure_client_id=CLIENT)
+    settings = settings_for(
+        origin.dicomweb, tmp_path, upstream_auth="azure", azure_client_id=CLIENT
+    )
     environ = {"AZURE_POD_IDENTITY_AUTHORITY_HOST": entra.url}
     credentials = config.credentials_from(settings, environ)
     upstream = Upstream(settings, credentials)
@@ -136,21 +145,22 @@ async def test_managed_identity_asks_imds_with_its_header_and_resource(
 
 async def test_qido_wado_from_the_cache_and_stow_through_the_proxy(
     entra: EntraEndpoint,
-    origin: DicomOrigin,
+    origin: FakeUpstream,
+    archived: Study,
     start_proxy: Callable[..., ProxyThread],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name, value in federated(tmp_path, entra, "eyJhbGciOiJSUzI1NiJ9.proxy.sig").items():
         monkeypatch.setenv(name, value)
-    proxy = start_proxy(origin.url, upstream_auth="azure", stow_max_instances=2)
-    await exercise(proxy, origin)
+    proxy = start_proxy(origin.dicomweb, upstream_auth="azure", stow_max_instances=2)
+    await exercise(proxy, origin, archived)
     assert entra.calls == 1 and origin.refused == []
 
 
 async def test_check_names_workload_identity(
     entra: EntraEndpoint,
-    origin: DicomOrigin,
+    origin: FakeUpstream,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
@@ -161,7 +171,7 @@ async def test_check_names_workload_identity(
     argv = [
         "check",
         "--upstream-url",
-        origin.url,
+        origin.dicomweb,
         "--upstream-auth",
         "azure",
         "--data-dir",
@@ -177,12 +187,12 @@ async def test_check_names_workload_identity(
 
 
 async def test_a_wrong_secret_is_named_without_it(
-    entra: EntraEndpoint, origin: DicomOrigin, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    entra: EntraEndpoint, origin: FakeUpstream, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("not-the-secret-31f\n")
     argv = [
-        "check", "--upstream-url", origin.url, "--upstream-auth", "azure",
+        "check", "--upstream-url", origin.dicomweb, "--upstream-auth", "azure",
         "--azure-tenant-id", TENANT, "--azure-client-id", CLIENT,
         "--azure-client-secret-file", str(secret_file), "--data-dir", str(tmp_path / "data"),
     ]  # fmt: skip

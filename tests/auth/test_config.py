@@ -7,12 +7,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from passlib.hash import apr_md5_crypt
 
 from harness.net import free_port
 from proxy.cli import main
-from tests.authservers import BearerUpstream, TokenEndpoint
+from tests.authservers import TokenEndpoint, bearer_origin
+from tests.fake_upstream import FakeUpstream
 
 RunCheck = Callable[..., Awaitable[tuple[int, str]]]
 UPSTREAM = ["--upstream-url", "http://127.0.0.1:9/dicom-web"]
@@ -113,10 +113,10 @@ def oauth2_args(idp: TokenEndpoint, upstream_url: str, tmp_path: Path) -> list[s
 async def test_check_reports_each_step_ok(
     run_check: RunCheck,
     idp: TokenEndpoint,
-    oauth_upstream: BearerUpstream,
+    oauth_upstream: FakeUpstream,
     tmp_path: Path,
 ) -> None:
-    status, out = await run_check(*oauth2_args(idp, oauth_upstream.url, tmp_path))
+    status, out = await run_check(*oauth2_args(idp, oauth_upstream.dicomweb, tmp_path))
     assert status == 0, out
     assert f"upstream auth: ok (oauth2 client 'proxy-client' at {idp.url}: credential ready)" in out
     assert "upstream: ok (HTTP 200" in out and "qido: ok" in out
@@ -128,11 +128,11 @@ async def test_check_reports_each_step_ok(
 async def test_check_names_an_unreachable_token_endpoint(
     run_check: RunCheck,
     idp: TokenEndpoint,
-    oauth_upstream: BearerUpstream,
+    oauth_upstream: FakeUpstream,
     tmp_path: Path,
 ) -> None:
     idp.url = f"http://127.0.0.1:{free_port()}/token"
-    status, out = await run_check(*oauth2_args(idp, oauth_upstream.url, tmp_path))
+    status, out = await run_check(*oauth2_args(idp, oauth_upstream.dicomweb, tmp_path))
     assert status == 1
     assert "upstream auth: FAILED" in out
     assert "the OAuth2 token endpoint is unreachable" in out
@@ -143,11 +143,11 @@ async def test_check_names_an_unreachable_token_endpoint(
 async def test_check_names_a_rejected_client(
     run_check: RunCheck,
     idp: TokenEndpoint,
-    oauth_upstream: BearerUpstream,
+    oauth_upstream: FakeUpstream,
     tmp_path: Path,
     secrets_checked: set[str],
 ) -> None:
-    args = oauth2_args(idp, oauth_upstream.url, tmp_path)
+    args = oauth2_args(idp, oauth_upstream.dicomweb, tmp_path)
     secrets_checked.add(idp.client_secret)
     idp.client_secret = "expected-other-secret"
     status, out = await run_check(*args)
@@ -158,11 +158,11 @@ async def test_check_names_a_rejected_client(
 async def test_check_names_an_upstream_401(
     run_check: RunCheck,
     idp: TokenEndpoint,
-    serve: Callable[[web.Application], Awaitable[str]],
+    fake: FakeUpstream,
     tmp_path: Path,
 ) -> None:
-    refusing = BearerUpstream(lambda authorization: False)
-    base = await serve(refusing.app) + "/dicom-web"
+    refusing = bearer_origin(fake, lambda authorization: False)
+    base = refusing.dicomweb
     status, out = await run_check(*oauth2_args(idp, base, tmp_path))
     assert status == 1
     assert "upstream auth: ok" in out

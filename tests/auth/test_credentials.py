@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import os
 from base64 import b64encode
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from proxy.auth.credentials import BasicCredentials, BearerCredentials
 from proxy.auth.watched import Secret, WatchedFile
 from proxy.settings import SettingsError
 from proxy.upstream import Upstream
 from tests.auth.conftest import Clock, settings_for
-from tests.authservers import BearerUpstream
-
-Serve = Callable[[web.Application], Awaitable[str]]
+from tests.authservers import authorizations, bearer_origin, statuses
+from tests.fake_upstream import FakeUpstream
 
 
 def rotate(path: Path, text: str) -> None:
@@ -33,13 +30,13 @@ async def qido(upstream: Upstream) -> int:
 
 
 async def test_token_file_rotation_is_picked_up(
-    serve: Serve, tmp_path: Path, clock: Clock, secrets_checked: set[str]
+    fake: FakeUpstream, tmp_path: Path, clock: Clock, secrets_checked: set[str]
 ) -> None:
     first, second, third = "token-one-a1", "token-two-b2", "token-tre-c3"
     secrets_checked.update({first, second, third})
     accepted = {f"Bearer {first}"}
-    origin = BearerUpstream(lambda authorization: authorization in accepted)
-    base = await serve(origin.app) + "/dicom-web"
+    origin = bearer_origin(fake, lambda authorization: authorization in accepted)
+    base = origin.dicomweb
     token_file = tmp_path / "token"
     token_file.write_text(first + "\n")
     watched = WatchedFile(str(token_file), "upstream_token_file", clock=clock)
@@ -57,22 +54,22 @@ async def test_token_file_rotation_is_picked_up(
         assert await qido(upstream) == 200
     finally:
         await upstream.close()
-    assert origin.authorizations() == [
+    assert authorizations(origin) == [
         f"Bearer {first}",
         f"Bearer {first}",
         f"Bearer {second}",
         f"Bearer {third}",
     ]
-    assert origin.statuses == [200, 401, 200, 200]
+    assert statuses(origin) == [200, 401, 200, 200]
 
 
 async def test_basic_credentials_sent_on_every_request(
-    serve: Serve, tmp_path: Path, secrets_checked: set[str]
+    fake: FakeUpstream, tmp_path: Path, secrets_checked: set[str]
 ) -> None:
     secrets_checked.add("pässword-9d")
     expected = "Basic " + b64encode("alice:pässword-9d".encode()).decode()
-    origin = BearerUpstream(lambda authorization: authorization == expected)
-    base = await serve(origin.app) + "/dicom-web"
+    origin = bearer_origin(fake, lambda authorization: authorization == expected)
+    base = origin.dicomweb
     credentials = BasicCredentials("alice", Secret(inline="pässword-9d"))
     upstream = Upstream(settings_for(base, tmp_path), credentials)
     try:
@@ -83,18 +80,18 @@ async def test_basic_credentials_sent_on_every_request(
 
 
 async def test_static_bearer_refused_returns_the_401_without_retrying(
-    serve: Serve, tmp_path: Path, secrets_checked: set[str]
+    fake: FakeUpstream, tmp_path: Path, secrets_checked: set[str]
 ) -> None:
     secrets_checked.add("static-token-44")
-    origin = BearerUpstream(lambda authorization: False)
-    base = await serve(origin.app) + "/dicom-web"
+    origin = bearer_origin(fake, lambda authorization: False)
+    base = origin.dicomweb
     credentials = BearerCredentials(Secret(inline="static-token-44"))
     upstream = Upstream(settings_for(base, tmp_path), credentials)
     try:
         assert await qido(upstream) == 401
     finally:
         await upstream.close()
-    assert origin.statuses == [401]
+    assert statuses(origin) == [401]
 
 
 def test_watched_file_looks_at_most_once_per_interval(tmp_path: Path, clock: Clock) -> None:

@@ -12,19 +12,20 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from harness.dicomgen import make_study
+from harness.dicomgen import Study, make_study
 from proxy.auth import google
 from proxy.cli import main
 from proxy.errors import UpstreamAuthFailed
 from proxy.upstream import Upstream
 from tests.auth.conftest import Clock, Serve, settings_for
 from tests.cloudservers import (
-    DicomOrigin,
     GoogleMetadataServer,
     GoogleTokenEndpoint,
     Issuer,
+    serve_study,
     service_account_key,
 )
+from tests.fake_upstream import FakeUpstream
 from tests.support import ProxyThread, multipart_stow
 
 # main(["check", ...]) configures the root logger; the tests after must not inherit it.
@@ -60,10 +61,16 @@ def google_key(path: Path, token_uri: str) -> tuple[dict[str, str], bytes]:
     return service_account_key(path, token_uri)
 
 
-async def origin_for(tokens: Issuer, serve: Serve) -> DicomOrigin:
-    origin = DicomOrigin(make_study(1, 5, rows=16, columns=16), tokens.bearer_check)
-    origin.url = await serve(origin.app) + STORE
-    return origin
+@pytest.fixture
+def archived() -> Study:
+    return make_study(1, 5, rows=16, columns=16)
+
+
+def origin_for(tokens: Issuer, fake: FakeUpstream, study: Study) -> FakeUpstream:
+    """The fake upstream as the Healthcare API's DICOM store, admitting live tokens."""
+    serve_study(fake, study, tokens.bearer_check)
+    fake.base_path = STORE
+    return fake
 
 
 async def qido(upstream: Upstream) -> int:
@@ -76,13 +83,17 @@ async def wave(upstream: Upstream) -> list[int]:
 
 
 async def test_key_file_tokens_are_verified_and_refreshed_once_for_32_requests(
-    key_endpoint: tuple[GoogleTokenEndpoint, Path], serve: Serve, clock: Clock, tmp_path: Path
+    key_endpoint: tuple[GoogleTokenEndpoint, Path],
+    fake: FakeUpstream,
+    archived: Study,
+    clock: Clock,
+    tmp_path: Path,
 ) -> None:
     endpoint, key_file = key_endpoint
     endpoint.delay = 0.2  # the refresh is in flight while the others arrive
-    origin = await origin_for(endpoint.tokens, serve)
+    origin = origin_for(endpoint.tokens, fake, archived)
     settings = settings_for(
-        origin.url, tmp_path, upstream_auth="google", google_credentials_file=str(key_file)
+        origin.dicomweb, tmp_path, upstream_auth="google", google_credentials_file=str(key_file)
     )
     upstream = Upstream(settings, google.credentials_from(settings, {}, clock=clock))
     try:
@@ -100,13 +111,16 @@ async def test_key_file_tokens_are_verified_and_refreshed_once_for_32_requests(
 
 
 async def test_a_key_the_endpoint_does_not_trust_is_named(
-    key_endpoint: tuple[GoogleTokenEndpoint, Path], serve: Serve, tmp_path: Path
+    key_endpoint: tuple[GoogleTokenEndpoint, Path],
+    fake: FakeUpstream,
+    archived: Study,
+    tmp_path: Path,
 ) -> None:
     endpoint, key_file = key_endpoint
     _, endpoint.public_key = google_key(tmp_path / "other.json", endpoint.url)  # another key
-    origin = await origin_for(endpoint.tokens, serve)
+    origin = origin_for(endpoint.tokens, fake, archived)
     settings = settings_for(
-        origin.url, tmp_path, upstream_auth="google", google_credentials_file=str(key_file)
+        origin.dicomweb, tmp_path, upstream_auth="google", google_credentials_file=str(key_file)
     )
     upstream = Upstream(settings, google.credentials_from(settings, {}))
     try:
@@ -122,15 +136,20 @@ async def test_a_key_the_endpoint_does_not_trust_is_named(
 
 
 async def test_metadata_server_is_asked_with_its_header_and_the_scope(
-    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secrets_checked: set[str]
+    serve: Serve,
+    fake: FakeUpstream,
+    archived: Study,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    secrets_checked: set[str],
 ) -> None:
     metadata = GoogleMetadataServer()
     host = (await serve(metadata.app)).removeprefix("http://")
     # google-auth reads GCE_METADATA_HOST once, when it is imported (the subprocess
     # test below sets the variable itself); here its module global is set instead.
     monkeypatch.setattr("google.auth.compute_engine._metadata._GCE_METADATA_HOST", host)
-    origin = await origin_for(metadata.tokens, serve)
-    settings = settings_for(origin.url, tmp_path, upstream_auth="google")
+    origin = origin_for(metadata.tokens, fake, archived)
+    settings = settings_for(origin.dicomweb, tmp_path, upstream_auth="google")
     credentials = google.credentials_from(settings, {"GCE_METADATA_HOST": host})
     upstream = Upstream(settings, credentials)
     try:
@@ -151,28 +170,29 @@ async def test_metadata_server_is_asked_with_its_header_and_the_scope(
 
 async def test_qido_wado_from_the_cache_and_stow_in_batches_through_the_proxy(
     key_endpoint: tuple[GoogleTokenEndpoint, Path],
-    serve: Serve,
+    fake: FakeUpstream,
+    archived: Study,
     start_proxy: Callable[..., ProxyThread],
 ) -> None:
     endpoint, key_file = key_endpoint
-    origin = await origin_for(endpoint.tokens, serve)
+    origin = origin_for(endpoint.tokens, fake, archived)
     proxy = start_proxy(
-        origin.url,
+        origin.dicomweb,
         upstream_auth="google",
         google_credentials_file=str(key_file),
         stow_max_instances=2,
     )
-    await exercise(proxy, origin)
+    await exercise(proxy, origin, archived)
     assert endpoint.calls == 1
     assert origin.refused == []
 
 
-async def exercise(proxy: ProxyThread, origin: DicomOrigin) -> None:
+async def exercise(proxy: ProxyThread, origin: FakeUpstream, study: Study) -> None:
     """QIDO, WADO twice (the second from the cache), STOW of 5 instances in 2/2/1."""
-    series, sop, data = origin.study.instances[0]
-    instance = f"{proxy.dicomweb}/studies/{origin.study.uid}/series/{series}/instances/{sop}"
+    series, sop, data = study.instances[0]
+    instance = f"{proxy.dicomweb}/studies/{study.uid}/series/{series}/instances/{sop}"
     accept = {"Accept": 'multipart/related; type="application/dicom"'}
-    body, content_type = multipart_stow(origin.study)
+    body, content_type = multipart_stow(study)
     async with aiohttp.ClientSession() as session:
         async with session.get(proxy.dicomweb + "/studies") as response:
             assert response.status == 200
@@ -187,16 +207,17 @@ async def exercise(proxy: ProxyThread, origin: DicomOrigin) -> None:
         ) as response:
             assert response.status == 200, await response.text()
     assert caches == ["MISS", "HIT"] and origin.count("/instances/") == 1
-    assert origin.stow_batches == [2, 2, 1]
+    stows = [r for r in origin.received if r.method == "POST" and not r.refused]
+    assert [len(r.parts()) for r in stows] == [2, 2, 1]
 
 
 async def test_check_names_the_metadata_server_it_used(
-    serve: Serve, tmp_path: Path, secrets_checked: set[str]
+    serve: Serve, fake: FakeUpstream, archived: Study, tmp_path: Path, secrets_checked: set[str]
 ) -> None:
     """A real process with GCE_METADATA_HOST set: google-auth honours it itself."""
     metadata = GoogleMetadataServer()
     host = (await serve(metadata.app)).removeprefix("http://")
-    origin = await origin_for(metadata.tokens, serve)
+    origin = origin_for(metadata.tokens, fake, archived)
     env = {"PATH": "/usr/bin:/bin", "GCE_METADATA_HOST": host}
     argv = [
         sys.executable,
@@ -204,7 +225,7 @@ async def test_check_names_the_metadata_server_it_used(
         "proxy",
         "check",
         "--upstream-url",
-        origin.url,
+        origin.dicomweb,
         "--upstream-auth",
         "google",
         "--data-dir",
@@ -223,18 +244,19 @@ async def test_check_names_the_metadata_server_it_used(
 
 async def test_check_names_the_key_file(
     key_endpoint: tuple[GoogleTokenEndpoint, Path],
-    serve: Serve,
+    fake: FakeUpstream,
+    archived: Study,
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     endpoint, key_file = key_endpoint
-    origin = await origin_for(endpoint.tokens, serve)
+    origin = origin_for(endpoint.tokens, fake, archived)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
     argv = [
         "check",
         "--upstream-url",
-        origin.url,
+        origin.dicomweb,
         "--upstream-auth",
         "google",
         "--data-dir",

@@ -19,14 +19,14 @@ from proxy.app import create_app
 from proxy.auth.inbound import HtpasswdGate, TokenGate, basic_credentials
 from proxy.auth.watched import WatchedFile
 from tests.auth.conftest import Clock, settings_for
-from tests.authservers import BearerUpstream
+from tests.authservers import bearer_origin
+from tests.fake_upstream import FakeUpstream
 
 PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3", "dave": "dave-pw-4"}
 TOKENS = ("client-token-aaa111", "client-token-bbb222")
 ADMIN = "admin-token-ccc333"
 
 Client = Callable[..., Awaitable[TestClient[Any, Any]]]
-Serve = Callable[[web.Application], Awaitable[str]]
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -50,20 +50,18 @@ def _register(secrets_checked: set[str]) -> None:
 
 
 @pytest.fixture
-async def origin(serve: Serve) -> BearerUpstream:
-    upstream = BearerUpstream(lambda authorization: True)
-    upstream.url = await serve(upstream.app) + "/dicom-web"
-    return upstream
+def origin(fake: FakeUpstream) -> FakeUpstream:
+    return bearer_origin(fake, lambda authorization: True)
 
 
 @pytest.fixture
 def make_client(
-    aiohttp_client: Client, origin: BearerUpstream, tmp_path: Path
+    aiohttp_client: Client, origin: FakeUpstream, tmp_path: Path
 ) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
     """The real app in process, with one admin route added the way features add them."""
 
     async def make(**overrides: Any) -> TestClient[Any, Any]:
-        app = create_app(settings_for(origin.url, tmp_path, admin_token=ADMIN, **overrides))
+        app = create_app(settings_for(origin.dicomweb, tmp_path, admin_token=ADMIN, **overrides))
 
         async def admin_ping(request: web.Request) -> web.Response:
             require_admin(request)
@@ -113,7 +111,7 @@ async def test_basic_accepts_bcrypt_and_sha_crypt_users(
     ids=["none", "wrong-password", "unknown-user", "md5-user", "malformed", "wrong-scheme"],
 )
 async def test_basic_refuses_with_401_problem_and_challenge(
-    basic_client: TestClient[Any, Any], origin: BearerUpstream, headers: dict[str, str]
+    basic_client: TestClient[Any, Any], origin: FakeUpstream, headers: dict[str, str]
 ) -> None:
     response = await basic_client.get("/dicom-web/studies", headers=headers)
     assert response.status == 401
@@ -133,7 +131,7 @@ async def test_bearer_accepts_listed_tokens(bearer_client: TestClient[Any, Any])
 
 
 async def test_bearer_refusals_carry_rfc6750_challenges(
-    bearer_client: TestClient[Any, Any], origin: BearerUpstream
+    bearer_client: TestClient[Any, Any], origin: FakeUpstream
 ) -> None:
     missing = await bearer_client.get("/dicom-web/studies")
     assert missing.status == 401
@@ -170,7 +168,7 @@ async def test_admin_routes_use_the_admin_token_instead(
 
 
 async def test_no_path_spelling_borrows_an_open_route(
-    bearer_client: TestClient[Any, Any], origin: BearerUpstream
+    bearer_client: TestClient[Any, Any], origin: FakeUpstream
 ) -> None:
     for path in ("/healthz/../dicom-web/studies", "/admin/%2e%2e/dicom-web/studies"):
         response = await bearer_client.get(path)
@@ -194,13 +192,13 @@ async def test_cors_preflight_needs_no_credentials(
 
 
 async def test_inbound_credentials_never_reach_the_upstream(
-    basic_client: TestClient[Any, Any], origin: BearerUpstream
+    basic_client: TestClient[Any, Any], origin: FakeUpstream
 ) -> None:
     headers = {**basic("alice", PASSWORDS["alice"]), "Cookie": "session=cookie-secret-9"}
     response = await basic_client.get("/dicom-web/studies", headers=headers)
     assert response.status == 200
-    assert "authorization" not in origin.received[0]
-    assert "cookie" not in origin.received[0]
+    assert "authorization" not in origin.received[0].headers
+    assert "cookie" not in origin.received[0].headers
 
 
 async def test_htpasswd_verdicts_are_cached(

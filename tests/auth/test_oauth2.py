@@ -4,11 +4,10 @@ revocation, replayable bodies, and failures named without secrets."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from harness.net import free_port
 from proxy.auth.oauth2 import ClientConfig, OAuth2Credentials, parse_token_response
@@ -16,7 +15,8 @@ from proxy.auth.watched import Secret
 from proxy.errors import UpstreamAuthFailed
 from proxy.upstream import Upstream
 from tests.auth.conftest import Clock, settings_for
-from tests.authservers import BearerUpstream, TokenEndpoint
+from tests.authservers import TokenEndpoint, authorizations, bearer_origin, statuses
+from tests.fake_upstream import FakeUpstream
 
 
 def credentials_for(
@@ -33,9 +33,9 @@ def credentials_for(
 
 @pytest.fixture
 async def upstream(
-    idp: TokenEndpoint, oauth_upstream: BearerUpstream, clock: Clock, tmp_path: Path
+    idp: TokenEndpoint, oauth_upstream: FakeUpstream, clock: Clock, tmp_path: Path
 ) -> AsyncIterator[Upstream]:
-    session = Upstream(settings_for(oauth_upstream.url, tmp_path), credentials_for(idp, clock))
+    session = Upstream(settings_for(oauth_upstream.dicomweb, tmp_path), credentials_for(idp, clock))
     yield session
     await session.close()
 
@@ -50,15 +50,15 @@ async def wave(upstream: Upstream, count: int = 32) -> list[int]:
 
 
 async def test_concurrent_requests_share_one_token_request(
-    upstream: Upstream, idp: TokenEndpoint, oauth_upstream: BearerUpstream
+    upstream: Upstream, idp: TokenEndpoint, oauth_upstream: FakeUpstream
 ) -> None:
     assert await wave(upstream) == [200] * 32
     assert idp.calls == 1
-    assert set(oauth_upstream.authorizations()) == {f"Bearer {idp.issued[0]}"}
+    assert set(authorizations(oauth_upstream)) == {f"Bearer {idp.issued[0]}"}
 
 
 async def test_token_reused_until_shortly_before_expiry_then_refreshed_once(
-    upstream: Upstream, idp: TokenEndpoint, oauth_upstream: BearerUpstream, clock: Clock
+    upstream: Upstream, idp: TokenEndpoint, oauth_upstream: FakeUpstream, clock: Clock
 ) -> None:
     await qido(upstream)
     clock.advance(3600 - 61)  # lifetime 3600 s; refreshed 60 s before the end
@@ -67,17 +67,17 @@ async def test_token_reused_until_shortly_before_expiry_then_refreshed_once(
     clock.advance(2)
     assert await wave(upstream) == [200] * 32
     assert idp.calls == 2
-    assert oauth_upstream.authorizations()[-32:] == [f"Bearer {idp.issued[1]}"] * 32
+    assert authorizations(oauth_upstream)[-32:] == [f"Bearer {idp.issued[1]}"] * 32
 
 
 async def test_revoked_token_is_replaced_once_and_the_request_succeeds(
-    upstream: Upstream, idp: TokenEndpoint, oauth_upstream: BearerUpstream
+    upstream: Upstream, idp: TokenEndpoint, oauth_upstream: FakeUpstream
 ) -> None:
     await qido(upstream)
     idp.revoke_all()
     assert await qido(upstream) == 200
     assert idp.calls == 2
-    assert oauth_upstream.statuses == [200, 401, 200]
+    assert statuses(oauth_upstream) == [200, 401, 200]
 
 
 async def test_revocation_seen_by_many_requests_costs_one_refresh(
@@ -90,7 +90,7 @@ async def test_revocation_seen_by_many_requests_costs_one_refresh(
 
 
 async def test_streamed_body_is_not_replayed_but_the_token_is_renewed(
-    upstream: Upstream, idp: TokenEndpoint, oauth_upstream: BearerUpstream
+    upstream: Upstream, idp: TokenEndpoint, oauth_upstream: FakeUpstream
 ) -> None:
     await qido(upstream)
     idp.revoke_all()
@@ -102,11 +102,11 @@ async def test_streamed_body_is_not_replayed_but_the_token_is_renewed(
         assert response.status == 401  # a consumed stream cannot be sent again
     assert idp.calls == 2
     assert await qido(upstream) == 200
-    assert oauth_upstream.statuses == [200, 401, 200]
+    assert statuses(oauth_upstream) == [200, 401, 200]
 
 
 async def test_body_factory_is_replayed_after_a_refused_token(
-    upstream: Upstream, idp: TokenEndpoint, oauth_upstream: BearerUpstream
+    upstream: Upstream, idp: TokenEndpoint, oauth_upstream: FakeUpstream
 ) -> None:
     await qido(upstream)
     idp.revoke_all()
@@ -117,18 +117,18 @@ async def test_body_factory_is_replayed_after_a_refused_token(
 
     async with upstream.request("POST", upstream.base / "studies", {}, spooled) as response:
         assert response.status == 200
-    assert oauth_upstream.bodies[-2:] == [b"batch-bytes", b"batch-bytes"]
-    assert oauth_upstream.statuses[-2:] == [401, 200]
+    assert [r.body for r in oauth_upstream.received][-2:] == [b"batch-bytes", b"batch-bytes"]
+    assert statuses(oauth_upstream)[-2:] == [401, 200]
 
 
 async def test_upstream_refusing_every_token_does_not_make_every_request_fetch(
     idp: TokenEndpoint,
-    serve: Callable[[web.Application], Awaitable[str]],
+    fake: FakeUpstream,
     clock: Clock,
     tmp_path: Path,
 ) -> None:
-    refusing = BearerUpstream(lambda authorization: False)
-    base = await serve(refusing.app) + "/dicom-web"
+    refusing = bearer_origin(fake, lambda authorization: False)
+    base = refusing.dicomweb
     upstream = Upstream(settings_for(base, tmp_path), credentials_for(idp, clock))
     try:
         assert await qido(upstream) == 401
@@ -139,11 +139,11 @@ async def test_upstream_refusing_every_token_does_not_make_every_request_fetch(
 
 
 async def test_client_authenticates_with_form_fields_and_scope(
-    idp: TokenEndpoint, oauth_upstream: BearerUpstream, clock: Clock, tmp_path: Path
+    idp: TokenEndpoint, oauth_upstream: FakeUpstream, clock: Clock, tmp_path: Path
 ) -> None:
     idp.client_auth = "body"
     credentials = credentials_for(idp, clock, client_auth="body", scope="dicom.read")
-    upstream = Upstream(settings_for(oauth_upstream.url, tmp_path), credentials)
+    upstream = Upstream(settings_for(oauth_upstream.dicomweb, tmp_path), credentials)
     try:
         assert await qido(upstream) == 200
     finally:
@@ -155,7 +155,7 @@ async def test_client_authenticates_with_form_fields_and_scope(
 
 async def test_rejected_client_is_named_without_the_secret(
     idp: TokenEndpoint,
-    oauth_upstream: BearerUpstream,
+    oauth_upstream: FakeUpstream,
     clock: Clock,
     tmp_path: Path,
     secrets_checked: set[str],
@@ -163,7 +163,7 @@ async def test_rejected_client_is_named_without_the_secret(
     wrong = "wrong-secret-77c1"
     secrets_checked.add(wrong)
     credentials = credentials_for(idp, clock, secret=wrong)
-    upstream = Upstream(settings_for(oauth_upstream.url, tmp_path), credentials)
+    upstream = Upstream(settings_for(oauth_upstream.dicomweb, tmp_path), credentials)
     try:
         with pytest.raises(UpstreamAuthFailed) as caught:
             await qido(upstream)

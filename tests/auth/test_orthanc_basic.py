@@ -14,7 +14,7 @@ from requests import HTTPError
 from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
 from proxy.cli import main
-from tests.relay import Faults, Relay
+from tests.fake_upstream import Answer, FakeUpstream
 from tests.support import ProxyThread, multipart_stow
 
 PASSWORD = "orthanc-pw-7f3e"
@@ -134,31 +134,29 @@ def test_passthrough_partitions_the_cache_per_credential(
 
 
 def test_dead_letter_replay_from_the_cli_signs_in_upstream(
-    guarded: Orthanc, start_proxy: Callable[..., ProxyThread], password_file: Path
+    guarded: Orthanc,
+    fake: FakeUpstream,
+    start_proxy: Callable[..., ProxyThread],
+    password_file: Path,
 ) -> None:
     """``dicomweb-proxy dead-letter replay`` takes the same upstream options as serve
     and uses them: a guarded archive gets the kept instances."""
-    relay = Relay(guarded.dicomweb, faults=Faults(fail_always=True)).start()
+    fake.origin = guarded.url
+    down = fake.route("POST", "/dicom-web/studies", Answer(503, "busy", {"Retry-After": "0"}))
     auth = {
         "upstream_auth": "basic",
         "upstream_username": "alice",
         "upstream_password_file": str(password_file),
     }
-    try:
-        proxy = start_proxy(relay.dicomweb, stow_retries=1, stow_retry_delay=0.001, **auth)
-        study = make_study(1, 2, rows=16, columns=16)
-        body, content_type = multipart_stow(study, "b")
-        headers = {"Content-Type": content_type}
-        assert (
-            requests.post(proxy.dicomweb + "/studies", data=body, headers=headers).status_code
-            == 409
-        )
-        relay.faults = Faults()  # the archive is back
-        args = ["dead-letter", "replay", "--all", "--upstream-url", relay.dicomweb]
-        args += ["--upstream-auth", "basic", "--upstream-username", "alice"]
-        args += ["--upstream-password-file", str(password_file)]
-        assert main([*args, "--data-dir", proxy.settings.data_dir]) == 0
-    finally:
-        relay.stop()
+    proxy = start_proxy(fake.dicomweb, stow_retries=1, stow_retry_delay=0.001, **auth)
+    study = make_study(1, 2, rows=16, columns=16)
+    body, content_type = multipart_stow(study, "b")
+    headers = {"Content-Type": content_type}
+    assert requests.post(proxy.dicomweb + "/studies", data=body, headers=headers).status_code == 409
+    fake.routes.remove(down)  # the archive is back
+    args = ["dead-letter", "replay", "--all", "--upstream-url", fake.dicomweb]
+    args += ["--upstream-auth", "basic", "--upstream-username", "alice"]
+    args += ["--upstream-password-file", str(password_file)]
+    assert main([*args, "--data-dir", proxy.settings.data_dir]) == 0
     assert guarded.study_instance_count(study.uid) == 2
-    assert relay.received[-1].headers.get("Authorization", "").startswith("Basic ")
+    assert fake.received[-1].headers.get("Authorization", "").startswith("Basic ")

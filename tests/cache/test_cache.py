@@ -1,4 +1,5 @@
-"""The disk cache against a real Orthanc behind a counting relay (SPEC section 3)."""
+"""The disk cache against a real Orthanc behind the fake upstream, which counts what
+reaches the upstream (SPEC section 3), and against the fake alone for cut bodies."""
 
 from __future__ import annotations
 
@@ -9,32 +10,22 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from harness.dicomgen import Study, make_instance, make_study
 from harness.net import free_port, wait_port
 from harness.orthanc import Orthanc
 from proxy.cache.store import Store
+from tests.fake_upstream import DICOM_JSON, Answer, FakeUpstream, multipart_answer
 from tests.support import FakeClock, eventually_async, serve_process
-from tests.upstreams import RawUpstream, Relay
 
 Start = Callable[..., Any]
-
-
-@pytest.fixture
-async def relay(aiohttp_server: Callable[..., Any], orthanc: Orthanc) -> tuple[Relay, TestServer]:
-    counting = Relay(orthanc.url)
-    return counting, await aiohttp_server(counting.app())
-
-
-def dicomweb(server: TestServer) -> str:
-    return str(server.make_url("/dicom-web"))
 
 
 def instance_path(study: Study, index: int = 0) -> str:
@@ -43,10 +34,9 @@ def instance_path(study: Study, index: int = 0) -> str:
 
 
 async def test_miss_then_hit_byte_identical_one_upstream_request(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
-    counting, server = relay
-    client = await proxy_to(dicomweb(server))
+    client = await proxy_to(relay.dicomweb)
     path = instance_path(study)
     first = await client.get(path)
     body = await first.read()
@@ -56,15 +46,14 @@ async def test_miss_then_hit_byte_identical_one_upstream_request(
     assert second.headers["X-Cache"] == "HIT"
     assert await second.read() == body
     assert second.headers["Content-Type"] == first.headers["Content-Type"]
-    assert counting.total(path) == 1
+    assert relay.count(path) == 1
     assert study.instances[0][2][132:] in body or len(body) > 1000
 
 
 async def test_twenty_concurrent_misses_make_one_upstream_request(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
-    counting, server = relay
-    client = await proxy_to(dicomweb(server))
+    client = await proxy_to(relay.dicomweb)
     path = instance_path(study, 1)
 
     async def fetch() -> bytes:
@@ -74,14 +63,11 @@ async def test_twenty_concurrent_misses_make_one_upstream_request(
 
     bodies = await asyncio.gather(*(fetch() for _ in range(20)))
     assert len(set(bodies)) == 1
-    assert counting.total(path) == 1
+    assert relay.count(path) == 1
 
 
-async def test_etag_and_if_none_match(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
-) -> None:
-    _, server = relay
-    client = await proxy_to(dicomweb(server))
+async def test_etag_and_if_none_match(relay: FakeUpstream, proxy_to: Start, study: Study) -> None:
+    client = await proxy_to(relay.dicomweb)
     path = instance_path(study) + "/metadata"
     await (await client.get(path)).read()
     await settle(client)
@@ -96,27 +82,25 @@ async def test_etag_and_if_none_match(
 
 
 async def test_accept_and_transfer_syntax_make_separate_entries(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
-    counting, server = relay
-    client = await proxy_to(dicomweb(server))
+    client = await proxy_to(relay.dicomweb)
     path = instance_path(study)
     plain = 'multipart/related; type="application/dicom"'
     explicit = plain + "; transfer-syntax=1.2.840.10008.1.2.1"
     for accept in (plain, explicit, plain, explicit):
         await (await client.get(path, headers={"Accept": accept})).read()
         await settle(client)
-    assert counting.total(path) == 2
+    assert relay.count(path) == 2
     hit = await client.get(path, headers={"Accept": explicit})
     assert hit.headers["X-Cache"] == "HIT"
     assert "Accept" in hit.headers["Vary"]
 
 
 async def test_no_store_and_no_cache_bypass(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
-    counting, server = relay
-    client = await proxy_to(dicomweb(server))
+    client = await proxy_to(relay.dicomweb)
     path = instance_path(study)
     await (await client.get(path)).read()
     await settle(client)
@@ -126,43 +110,39 @@ async def test_no_store_and_no_cache_bypass(
     assert no_cache.headers["X-Cache"] == "BYPASS"
     await no_cache.read()
     await settle(client)
-    assert counting.total(path) == 3
+    assert relay.count(path) == 3
     assert (await client.get(path)).headers["X-Cache"] == "HIT"
 
 
-async def test_persists_across_restart(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
-) -> None:
-    counting, server = relay
-    first = await proxy_to(dicomweb(server), data="shared")
+async def test_persists_across_restart(relay: FakeUpstream, proxy_to: Start, study: Study) -> None:
+    first = await proxy_to(relay.dicomweb, data="shared")
     path = instance_path(study)
     body = await (await first.get(path)).read()
     await settle(first)
     await first.close()
-    second = await proxy_to(dicomweb(server), data="shared")
+    second = await proxy_to(relay.dicomweb, data="shared")
     hit = await second.get(path)
     assert hit.headers["X-Cache"] == "HIT"
     assert await hit.read() == body
-    assert counting.total(path) == 1
+    assert relay.count(path) == 1
 
 
 async def test_metadata_revalidation_picks_up_a_new_instance(
-    relay: tuple[Relay, TestServer], proxy_to: Start, orthanc: Orthanc, study: Study
+    relay: FakeUpstream, proxy_to: Start, orthanc: Orthanc, study: Study
 ) -> None:
-    counting, server = relay
     clock = FakeClock()
-    client = await proxy_to(dicomweb(server), clock=clock)  # --metadata-ttl 60 s
+    client = await proxy_to(relay.dicomweb, clock=clock)  # --metadata-ttl 60 s
     path = f"/dicom-web/studies/{study.uid}/metadata"
     assert len(await (await client.get(path)).json()) == 6
     await settle(client)
     clock.advance(59)
     fresh = await client.get(path)
     assert fresh.headers["X-Cache"] == "HIT"
-    assert counting.total("/dicom-web/studies?") == 1  # the count asked by the fill
+    assert relay.count("/dicom-web/studies?") == 1  # the count asked by the fill
     clock.advance(2)
     unchanged = await client.get(path)
     assert unchanged.headers["X-Cache"] == "REVALIDATED"
-    assert counting.total(path) == 1
+    assert relay.count(path) == 1
     series_uid = next(iter(study.series))
     orthanc.upload(make_instance(study.uid, series_uid, 99, rows=16, columns=16))
     clock.advance(61)
@@ -170,15 +150,14 @@ async def test_metadata_revalidation_picks_up_a_new_instance(
     assert changed.headers["X-Cache"] == "MISS"
     assert len(await changed.json()) == 7
     await settle(client)
-    assert counting.total(path) == 2
+    assert relay.count(path) == 2
 
 
 async def test_study_becomes_final_and_stops_revalidating(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
-    counting, server = relay
     clock = FakeClock()
-    client = await proxy_to(dicomweb(server), clock=clock)  # --metadata-ttl 60 s, a day final
+    client = await proxy_to(relay.dicomweb, clock=clock)  # --metadata-ttl 60 s, a day final
     path = f"/dicom-web/studies/{study.uid}/metadata"
     await (await client.get(path)).read()
     await settle(client)
@@ -186,18 +165,17 @@ async def test_study_becomes_final_and_stops_revalidating(
     assert (await client.get(path)).headers["X-Cache"] == "REVALIDATED"  # not final yet
     clock.advance(86400)
     assert (await client.get(path)).headers["X-Cache"] == "REVALIDATED"  # now final
-    counts_before = counting.total("/dicom-web/studies?")
+    counts_before = relay.count("/dicom-web/studies?")
     for _ in range(3):
         clock.advance(61)
         assert (await client.get(path)).headers["X-Cache"] == "HIT"
-    assert counting.total("/dicom-web/studies?") == counts_before
+    assert relay.count("/dicom-web/studies?") == counts_before
 
 
 async def test_stow_through_the_proxy_invalidates_study_entries(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
-    counting, server = relay
-    client = await proxy_to(dicomweb(server))
+    client = await proxy_to(relay.dicomweb)
     path = f"/dicom-web/studies/{study.uid}/metadata"
     await (await client.get(path)).read()
     await settle(client)
@@ -222,22 +200,21 @@ async def test_stow_through_the_proxy_invalidates_study_entries(
     after = await client.get(path)
     assert after.headers["X-Cache"] == "MISS"
     assert len(await after.json()) == 7
-    assert counting.total(path) == 2
+    assert relay.count(path) == 2
 
 
 async def test_offline_serving_when_the_upstream_is_down(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
-    counting, server = relay
     clock = FakeClock()
-    client = await proxy_to(dicomweb(server), clock=clock)  # --metadata-ttl 60 s, stale 1 h
+    client = await proxy_to(relay.dicomweb, clock=clock)  # --metadata-ttl 60 s, stale 1 h
     cached = instance_path(study)
     body = await (await client.get(cached)).read()
     await settle(client)
     metadata = f"/dicom-web/studies/{study.uid}/metadata"
     await (await client.get(metadata)).read()
     await settle(client)
-    counting.down = True
+    relay.route("*", "/{path:.*}", Answer(503, "down"))
     clock.advance(61)
     hit = await client.get(cached)
     assert hit.headers["X-Cache"] == "HIT" and await hit.read() == body
@@ -247,7 +224,7 @@ async def test_offline_serving_when_the_upstream_is_down(
     assert stale.headers["Warning"].startswith("110 ")
     assert len(await stale.json()) == 6
     uncached = await client.get(instance_path(study, 2))
-    assert uncached.status == 503  # the relay's own 503 passes through unchanged
+    assert uncached.status == 503  # the fake's own 503 passes through unchanged
     clock.advance(3600)  # past --stale-if-error: the study entry is not served any more
     assert (await client.get(metadata)).status == 503
     hit = await client.get(cached)
@@ -255,15 +232,13 @@ async def test_offline_serving_when_the_upstream_is_down(
 
 
 async def test_uncached_requests_get_problem_documents_when_upstream_unreachable(
-    proxy_to: Start, orthanc: Orthanc, aiohttp_server: Callable[..., Any], study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
-    counting = Relay(orthanc.url)
-    server = await aiohttp_server(counting.app())
-    client = await proxy_to(dicomweb(server))
+    client = await proxy_to(relay.dicomweb)
     cached = instance_path(study)
     await (await client.get(cached)).read()
     await settle(client)
-    await server.close()
+    relay.stop()
     assert (await client.get(cached)).headers["X-Cache"] == "HIT"
     missing = await client.get(instance_path(study, 1))
     assert missing.status == 502
@@ -271,11 +246,10 @@ async def test_uncached_requests_get_problem_documents_when_upstream_unreachable
 
 
 async def test_size_bound_respected_over_three_times_the_limit(
-    relay: tuple[Relay, TestServer], proxy_to: Start, orthanc: Orthanc, tmp_path: Path
+    relay: FakeUpstream, proxy_to: Start, orthanc: Orthanc, tmp_path: Path
 ) -> None:
-    _, server = relay
     limit = 2 * 1024 * 1024
-    client = await proxy_to(dicomweb(server), cache_size=limit)
+    client = await proxy_to(relay.dicomweb, cache_size=limit)
     big = make_study(1, 12, rows=256, columns=256)  # ~128 KiB each, ~1.5 MiB in all
     for _, _, data in big.instances:
         orthanc.upload(data)
@@ -304,10 +278,9 @@ def cache_key() -> Any:
 
 
 async def test_purge_api_requires_the_admin_token_and_purges(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
-    counting, server = relay
-    client = await proxy_to(dicomweb(server), admin_token="s3cret-admin")
+    client = await proxy_to(relay.dicomweb, admin_token="s3cret-admin")
     path = instance_path(study)
     await (await client.get(path)).read()
     await settle(client)
@@ -326,95 +299,104 @@ async def test_purge_api_requires_the_admin_token_and_purges(
     await settle(client)
     await (await client.delete("/admin/cache", headers=auth)).read()
     assert (await client.get(path)).headers["X-Cache"] == "MISS"
-    assert counting.total(path) == 3
+    assert relay.count(path) == 3
 
 
 async def test_qido_cached_only_with_qido_ttl(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
-    counting, server = relay
     path = f"/dicom-web/studies?StudyInstanceUID={study.uid}"
-    uncached = await proxy_to(dicomweb(server), data="a")
+    uncached = await proxy_to(relay.dicomweb, data="a")
     for _ in range(2):
         response = await uncached.get(path)
         assert "X-Cache" not in response.headers
     clock = FakeClock()
-    cached = await proxy_to(dicomweb(server), data="b", clock=clock, qido_ttl=60)
+    cached = await proxy_to(relay.dicomweb, data="b", clock=clock, qido_ttl=60)
     for _ in range(2):
         await (await cached.get(path)).read()
         await settle(cached)
         await settle(cached)
     clock.advance(59)
     assert (await cached.get(path)).headers["X-Cache"] == "HIT"
-    assert counting.total(path) == 3
+    assert relay.count(path) == 3
     clock.advance(2)
     assert (await cached.get(path)).headers["X-Cache"] == "MISS"
-    assert counting.total(path) == 4
+    assert relay.count(path) == 4
 
 
 async def test_no_cache_option_forwards_everything(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study, tmp_path: Path
+    relay: FakeUpstream, proxy_to: Start, study: Study, tmp_path: Path
 ) -> None:
-    counting, server = relay
-    client = await proxy_to(dicomweb(server), no_cache=True)
+    client = await proxy_to(relay.dicomweb, no_cache=True)
     path = instance_path(study)
     for _ in range(3):
         response = await client.get(path)
         assert "X-Cache" not in response.headers
         await response.read()
-    assert counting.total(path) == 3
+    assert relay.count(path) == 3
 
 
 INSTANCE = "/dicom-web/studies/1.2.3/series/4.5/instances/6.7"
+WHOLE = multipart_answer(b"D" * 200_000)  # what the archive sends for INSTANCE
+HALF = len(WHOLE.data) // 2
+JSON = {"Content-Type": "application/json; charset=utf-8"}
+CUT = {
+    "short-length": replace(WHOLE, drop_after=HALF),
+    "short-chunked": replace(WHOLE, framing="chunked", drop_after=HALF),
+    "close-cut": replace(WHOLE, framing="close", drop_after=HALF),
+}
 
 
-@pytest.mark.parametrize("mode", ["short-length", "short-chunked", "close-cut"])
+@pytest.mark.parametrize("mode", list(CUT))
 async def test_truncated_bodies_are_never_cached(
-    raw: RawUpstream, proxy_to: Start, mode: str
+    fake: FakeUpstream, proxy_to: Start, mode: str
 ) -> None:
-    client = await proxy_to(raw.dicomweb)
-    raw.mode = mode
+    fake.route("GET", INSTANCE, WHOLE, first=[CUT[mode]])
+    client = await proxy_to(fake.dicomweb)
     response = await client.get(INSTANCE)
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()
-    raw.mode = "full"
     again = await client.get(INSTANCE)
     assert again.headers["X-Cache"] == "MISS"
-    assert await again.read() == raw.multipart()
+    assert await again.read() == WHOLE.data
     await settle(client)
-    assert raw.requests == 2
+    assert fake.count() == 2
     assert (await client.get(INSTANCE)).headers["X-Cache"] == "HIT"
     tmp = client.server.app[cache_key()].store.tmp
     assert list(tmp.iterdir()) == []
 
 
 async def test_close_delimited_multipart_with_closing_boundary_is_cached(
-    raw: RawUpstream, proxy_to: Start
+    fake: FakeUpstream, proxy_to: Start
 ) -> None:
-    client = await proxy_to(raw.dicomweb)
-    raw.mode = "close-complete"
-    assert await (await client.get(INSTANCE)).read() == raw.multipart()
+    fake.route("GET", INSTANCE, replace(WHOLE, framing="close"))
+    client = await proxy_to(fake.dicomweb)
+    assert await (await client.get(INSTANCE)).read() == WHOLE.data
     await settle(client)
     assert (await client.get(INSTANCE)).headers["X-Cache"] == "HIT"
-    assert raw.requests == 1
+    assert fake.count() == 1
 
 
-async def test_client_disconnect_does_not_abort_the_fill(raw: RawUpstream, proxy_to: Start) -> None:
-    client = await proxy_to(raw.dicomweb)
+async def test_client_disconnect_does_not_abort_the_fill(
+    fake: FakeUpstream, proxy_to: Start
+) -> None:
+    fake.route("GET", INSTANCE, WHOLE)
+    client = await proxy_to(fake.dicomweb)
     response = await client.get(INSTANCE)
     await response.content.read(10)
     response.close()
     await settle(client)
     assert (await client.get(INSTANCE)).headers["X-Cache"] == "HIT"
-    assert raw.requests == 1
+    assert fake.count() == 1
 
 
 async def test_kill_9_mid_fill_leaves_no_entry_and_no_temp_file(
-    raw: RawUpstream, tmp_path: Path
+    fake: FakeUpstream, tmp_path: Path
 ) -> None:
     port, data_dir = free_port(), tmp_path / "data"
-    raw.mode = "stall"
-    proxy = serve_process(raw.dicomweb, data_dir, port)
+    stall = replace(WHOLE, drop_after=HALF, hang=True)  # half the body, then nothing
+    fake.route("GET", INSTANCE, WHOLE, first=[stall])
+    proxy = serve_process(fake.dicomweb, data_dir, port)
     try:
         await wait_port(port)
         _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -428,14 +410,13 @@ async def test_kill_9_mid_fill_leaves_no_entry_and_no_temp_file(
         proxy.send_signal(signal.SIGKILL)
         proxy.wait(10)
         writer.close()
-        raw.mode = "full"
-        proxy = serve_process(raw.dicomweb, data_dir, port)
+        proxy = serve_process(fake.dicomweb, data_dir, port)
         await wait_port(port)
         assert list(tmp.glob("*.part")) == []
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{port}{INSTANCE}") as response:
                 assert response.headers["X-Cache"] == "MISS"
-                assert await response.read() == raw.multipart()
+                assert await response.read() == WHOLE.data
             async with session.get(f"http://127.0.0.1:{port}{INSTANCE}") as response:
                 assert response.headers["X-Cache"] == "HIT"
     finally:
@@ -444,10 +425,9 @@ async def test_kill_9_mid_fill_leaves_no_entry_and_no_temp_file(
 
 
 async def test_cache_command_stats_and_purge(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study, tmp_path: Path
+    relay: FakeUpstream, proxy_to: Start, study: Study, tmp_path: Path
 ) -> None:
-    _, server = relay
-    client = await proxy_to(dicomweb(server), data="cli")
+    client = await proxy_to(relay.dicomweb, data="cli")
     for index in range(2):
         await (await client.get(instance_path(study, index))).read()
         await settle(client)
@@ -468,29 +448,16 @@ async def test_cache_command_stats_and_purge(
 
 
 async def test_study_entries_are_kept_when_the_count_answer_arrives_in_pieces(
-    aiohttp_server: Callable[..., Any], proxy_to: Start
+    fake: FakeUpstream, proxy_to: Start
 ) -> None:
     """A slow link delivers a QIDO answer in several reads; all of it must be read."""
     study = "1.2.3.77"
-
-    async def metadata(request: web.Request) -> web.StreamResponse:
-        return web.json_response([{"0020000D": {"vr": "UI", "Value": [study]}}])
-
-    async def count(request: web.Request) -> web.StreamResponse:
-        body = json.dumps([{"00201208": {"vr": "IS", "Value": [3]}}]).encode()
-        response = web.StreamResponse(headers={"Content-Type": "application/dicom+json"})
-        await response.prepare(request)
-        for piece in (body[:10], body[10:]):
-            await response.write(piece)
-            await asyncio.sleep(0.05)
-        await response.write_eof()
-        return response
-
-    app = web.Application()
-    app.router.add_get(f"/dicom-web/studies/{study}/metadata", metadata)
-    app.router.add_get("/dicom-web/studies", count)
-    server = await aiohttp_server(app)
-    client = await proxy_to(dicomweb(server))
+    metadata = json.dumps([{"0020000D": {"vr": "UI", "Value": [study]}}])
+    fake.route("GET", f"/dicom-web/studies/{study}/metadata", Answer(body=metadata, headers=JSON))
+    count = json.dumps([{"00201208": {"vr": "IS", "Value": [3]}}])
+    pieces = Answer(body=count, headers=DICOM_JSON, framing="chunked", pieces=2, pause=0.05)
+    fake.route("GET", "/dicom-web/studies", pieces)
+    client = await proxy_to(fake.dicomweb)
     path = f"/dicom-web/studies/{study}/metadata"
     assert (await client.get(path)).headers["X-Cache"] == "MISS"
     await settle(client)
@@ -498,11 +465,10 @@ async def test_study_entries_are_kept_when_the_count_answer_arrives_in_pieces(
 
 
 async def test_one_stored_body_rewritten_for_each_host_name(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
     """Stored as the upstream sent it, rewritten per request: no host leaks to another."""
-    counting, server = relay
-    client = await proxy_to(dicomweb(server))
+    client = await proxy_to(relay.dicomweb)
     path = f"/dicom-web/studies/{study.uid}/metadata"
     await (await client.get(path)).read()
     await settle(client)
@@ -513,17 +479,16 @@ async def test_one_stored_body_rewritten_for_each_host_name(
             text = await hit.text()
             assert f"http://{host}/dicom-web/studies/{study.uid}" in text
             other = "viewer-b.example" if host.startswith("viewer-a") else "viewer-a.example"
-            assert other not in text and str(server.port) not in text
-    assert counting.total(path) == 1
+            assert other not in text and str(relay.port) not in text
+    assert relay.count(path) == 1
 
 
 async def test_hit_heads_are_kept_but_each_request_gets_its_own_id_and_coding(
-    relay: tuple[Relay, TestServer], proxy_to: Start, study: Study
+    relay: FakeUpstream, proxy_to: Start, study: Study
 ) -> None:
     """Hit heads are built once per entry (proxy.cache.heads); what belongs to the
     request (its id, whether it accepts gzip, its validators) still follows it."""
-    _, server = relay
-    client = await proxy_to(dicomweb(server))
+    client = await proxy_to(relay.dicomweb)
     metadata, instance = f"/dicom-web/studies/{study.uid}/metadata", instance_path(study)
     for path in (metadata, instance):
         await (await client.get(path)).read()
@@ -551,7 +516,7 @@ async def test_hit_heads_are_kept_but_each_request_gets_its_own_id_and_coding(
 
 @pytest.mark.parametrize("scope", ["all", "study"])
 async def test_a_purge_runs_off_the_event_loop_and_hides_its_entries_at_once(
-    relay: tuple[Relay, TestServer],
+    relay: FakeUpstream,
     proxy_to: Start,
     study: Study,
     monkeypatch: pytest.MonkeyPatch,
@@ -559,8 +524,7 @@ async def test_a_purge_runs_off_the_event_loop_and_hides_its_entries_at_once(
 ) -> None:
     """Deleting a large cache takes seconds: meanwhile the proxy keeps answering, and no
     entry the purge removes is served (SPEC section 3, Purge)."""
-    counting, server = relay
-    client = await proxy_to(dicomweb(server), admin_token="s3cret-admin")
+    client = await proxy_to(relay.dicomweb, admin_token="s3cret-admin")
     path = instance_path(study)
     await (await client.get(path)).read()
     await settle(client)
@@ -586,4 +550,4 @@ async def test_a_purge_runs_off_the_event_loop_and_hides_its_entries_at_once(
     await during.read()
     release.set()
     assert (await (await purge).json())["removed"] >= 1
-    assert counting.total(path) == 2
+    assert relay.count(path) == 2

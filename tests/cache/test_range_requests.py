@@ -1,5 +1,5 @@
-"""Range requests on cached entries (SPEC section 3), against the stock Orthanc behind a
-relay that counts what reaches it: no cached byte goes to the upstream twice."""
+"""Range requests on cached entries (SPEC section 3), against the stock Orthanc behind the
+fake upstream, which counts what reaches it: no cached byte goes to the upstream twice."""
 
 from __future__ import annotations
 
@@ -15,38 +15,24 @@ from harness.orthanc import Orthanc
 from proxy.app import create_app
 from proxy.dicomweb.multipart import MultipartReader
 from proxy.state import CACHE
+from tests.fake_upstream import FakeUpstream
 from tests.support import eventually_async, make_settings
-from tests.upstreams import Relay
 
 # What dicomweb-client's retrieve_instance and cornerstone's frame loader send.
 INSTANCE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 
 
-async def start(
-    aiohttp_server: Callable[..., Any],
-    aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
-    tmp_path: Path,
-) -> tuple[Relay, TestClient[Any, Any]]:
-    relay = Relay(orthanc.url)
-    server = await aiohttp_server(relay.app())
-    settings = make_settings(str(server.make_url("/dicom-web")), tmp_path / "data")
-    return relay, await aiohttp_client(create_app(settings))
-
-
-Proxied = tuple[Relay, TestClient[Any, Any]]
+Proxied = tuple[FakeUpstream, TestClient[Any, Any]]
 
 
 @pytest.fixture
 async def proxied(
-    aiohttp_server: Callable[..., Any],
-    aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
-    tmp_path: Path,
+    relay: FakeUpstream, aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> Proxied:
-    """The proxy in front of the stock Orthanc, through a relay that counts requests."""
-    return await start(aiohttp_server, aiohttp_client, orthanc, tmp_path)
+    """The proxy in front of the stock Orthanc, through the fake relaying to it."""
+    settings = make_settings(relay.dicomweb, tmp_path / "data")
+    return relay, await aiohttp_client(create_app(settings))
 
 
 def instance_path(study: Study) -> str:
@@ -87,7 +73,7 @@ async def test_ranges_of_a_cached_instance_never_reach_the_upstream(
         assert response.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
         assert response.headers["Accept-Ranges"] == "bytes"
         assert await response.read() == body[first : last + 1]
-    assert relay.total(path) == 1
+    assert relay.count(path) == 1
 
 
 async def test_several_ranges_come_as_multipart_byteranges(
@@ -111,7 +97,7 @@ async def test_several_ranges_come_as_multipart_byteranges(
         (f"bytes 5000-5099/{size}", body[5000:5100]),
         (f"bytes {size - 10}-{size - 1}/{size}", body[-10:]),
     ]
-    assert relay.total(path) == 1
+    assert relay.count(path) == 1
 
 
 async def byteranges(raw: bytes, boundary: str) -> list[tuple[str, bytes]]:
@@ -144,9 +130,9 @@ async def test_a_miss_with_range_fills_the_whole_entry_once(
     assert (rest.status, rest.headers["X-Cache"]) == (206, "HIT")
     whole_frame = await client.get(path, headers={"Accept": FRAME_ACCEPT})
     assert head + await rest.read() == await whole_frame.read()
-    assert relay.total(path) == 1
+    assert relay.count(path) == 1
     # Nothing of the client's Range went upstream: the relay saw a plain GET.
-    assert all("Range" not in headers for _, seen, headers in relay.received if seen == path)
+    assert all("Range" not in seen.headers for seen in relay.received if seen.path_qs == path)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +162,7 @@ async def test_if_range(
     )
     assert response.status == status
     assert await response.read() == (body[:10] if status == 206 else body)
-    assert relay.total(path) == 1
+    assert relay.count(path) == 1
 
 
 async def test_an_unsatisfiable_range_is_416_with_the_size(
@@ -195,7 +181,7 @@ async def test_an_unsatisfiable_range_is_416_with_the_size(
     assert (await response.json())["status"] == 416
     ignored = await client.get(path, headers={"Accept": INSTANCE_ACCEPT, "Range": "bytes=9-0"})
     assert ignored.status == 200  # invalid syntax: the header is ignored (RFC 9110 14.2)
-    assert relay.total(path) == 1
+    assert relay.count(path) == 1
 
 
 async def test_ranges_of_rewritten_bodies_are_cut_from_the_identity_variant(
@@ -218,7 +204,7 @@ async def test_ranges_of_rewritten_bodies_are_cut_from_the_identity_variant(
     assert (zipped.status, zipped.headers["Content-Encoding"]) == (200, "gzip")
     assert "Accept-Ranges" not in zipped.headers
     assert await zipped.read() == body  # decoded by the test client
-    assert relay.total(path) == 1
+    assert relay.count(path) == 1
 
 
 async def test_ranges_of_a_512_kib_instance(proxied: Proxied, orthanc: Orthanc) -> None:
@@ -235,4 +221,4 @@ async def test_ranges_of_a_512_kib_instance(proxied: Proxied, orthanc: Orthanc) 
     boundary = response.headers["Content-Type"].split("boundary=", 1)[1]
     parts = await byteranges(await response.read(), boundary)
     assert [data for _, data in parts] == [body[:300000], body[400000:]]
-    assert relay.total(path) == 1
+    assert relay.count(path) == 1

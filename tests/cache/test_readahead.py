@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from harness.dicomgen import Study, make_study
 from harness.orthanc import Orthanc
 from proxy.app import create_app
+from tests.fake_upstream import FakeUpstream
 from tests.support import eventually_async, make_settings
-from tests.upstreams import Relay
 
 FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 
@@ -28,16 +28,10 @@ def series_study(orthanc: Orthanc) -> Study:
 
 
 async def start(
-    aiohttp_server: Callable[..., Any],
-    aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
-    tmp_path: Path,
-    prefetch: str,
-) -> tuple[Relay, TestClient[Any, Any]]:
-    relay = Relay(orthanc.url)
-    server: TestServer = await aiohttp_server(relay.app())
-    settings = make_settings(str(server.make_url("/dicom-web")), tmp_path / "d", prefetch=prefetch)
-    return relay, await aiohttp_client(create_app(settings))
+    relay: FakeUpstream, aiohttp_client: Callable[..., Any], tmp_path: Path, prefetch: str
+) -> TestClient[Any, Any]:
+    settings = make_settings(relay.dicomweb, tmp_path / "d", prefetch=prefetch)
+    return await aiohttp_client(create_app(settings))
 
 
 def frame(study: Study, index: int) -> str:
@@ -47,20 +41,19 @@ def frame(study: Study, index: int) -> str:
 
 @pytest.mark.parametrize(("scope", "warmed"), [("series", range(5)), ("study", range(10))])
 async def test_a_miss_warms_the_rest_of_its_series_or_study(
-    aiohttp_server: Callable[..., Any],
+    relay: FakeUpstream,
     aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
     series_study: Study,
     tmp_path: Path,
     scope: str,
     warmed: range,
 ) -> None:
-    relay, client = await start(aiohttp_server, aiohttp_client, orthanc, tmp_path, scope)
+    client = await start(relay, aiohttp_client, tmp_path, scope)
     first = await client.get(frame(series_study, 2), headers={"Accept": FRAME_ACCEPT})
     assert first.headers["X-Cache"] == "MISS"
     await first.read()
     await eventually_async(
-        lambda: all(relay.total(frame(series_study, i)) == 1 for i in warmed),
+        lambda: all(relay.count(frame(series_study, i)) == 1 for i in warmed),
         timeout=6,
         interval=0.02,
         message="read-ahead did not ask for every sibling",
@@ -74,27 +67,26 @@ async def test_a_miss_warms_the_rest_of_its_series_or_study(
         assert hit.headers["X-Cache"] == "HIT", index
         assert hit.headers["Content-Type"].startswith("multipart/related")
     for index in warmed:
-        assert relay.total(frame(series_study, index)) == 1
+        assert relay.count(frame(series_study, index)) == 1
     if scope == "series":  # the other series was left alone
-        assert all(relay.total(frame(series_study, i)) == 0 for i in range(5, 10))
+        assert all(relay.count(frame(series_study, i)) == 0 for i in range(5, 10))
     # Asking again does not list the series a second time.
-    listings = relay.total("/instances?")
+    listings = relay.count("/instances?")
     await (await client.get(frame(series_study, 3), headers={"Accept": FRAME_ACCEPT})).read()
-    assert relay.total("/instances?") == listings == 1
+    assert relay.count("/instances?") == listings == 1
 
 
 async def test_no_read_ahead_by_default(
-    aiohttp_server: Callable[..., Any],
+    relay: FakeUpstream,
     aiohttp_client: Callable[..., Any],
-    orthanc: Orthanc,
     series_study: Study,
     tmp_path: Path,
 ) -> None:
-    relay, client = await start(aiohttp_server, aiohttp_client, orthanc, tmp_path, "off")
+    client = await start(relay, aiohttp_client, tmp_path, "off")
     await (await client.get(frame(series_study, 0), headers={"Accept": FRAME_ACCEPT})).read()
     await asyncio.sleep(0.2)
-    assert relay.total("/frames/") == 1
-    assert relay.total("/instances?") == 0
+    assert relay.count("/frames/") == 1
+    assert relay.count("/instances?") == 0
 
 
 def _cache_key() -> Any:

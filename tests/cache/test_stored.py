@@ -12,9 +12,9 @@ import pytest
 
 from proxy import internals
 from proxy.app import create_app
-from tests.cache.test_cache import INSTANCE, settle
+from tests.cache.test_cache import INSTANCE, WHOLE, settle
+from tests.fake_upstream import FakeUpstream
 from tests.support import make_settings
-from tests.upstreams import RawUpstream
 
 ACCEPT = 'multipart/related; type="application/dicom"'
 
@@ -61,8 +61,9 @@ def responses(answer: bytes, methods: list[str]) -> list[tuple[bytes, dict[str, 
     return found
 
 
-async def warm_proxy(aiohttp_client: Callable[..., Any], raw: RawUpstream, tmp_path: Path) -> int:
-    client = await aiohttp_client(create_app(make_settings(raw.dicomweb, tmp_path / "data")))
+async def warm_proxy(aiohttp_client: Callable[..., Any], fake: FakeUpstream, tmp_path: Path) -> int:
+    fake.route("GET", INSTANCE, WHOLE)
+    client = await aiohttp_client(create_app(make_settings(fake.dicomweb, tmp_path / "data")))
     await (await client.get(INSTANCE, headers={"Accept": ACCEPT})).read()
     await settle(client)
     port: int = client.server.port
@@ -70,33 +71,33 @@ async def warm_proxy(aiohttp_client: Callable[..., Any], raw: RawUpstream, tmp_p
 
 
 async def test_hits_on_one_connection_are_framed_exactly(
-    aiohttp_client: Callable[..., Any], raw: RawUpstream, tmp_path: Path, heads: list[int]
+    aiohttp_client: Callable[..., Any], fake: FakeUpstream, tmp_path: Path, heads: list[int]
 ) -> None:
-    port = await warm_proxy(aiohttp_client, raw, tmp_path)
+    port = await warm_proxy(aiohttp_client, fake, tmp_path)
     methods = ["GET", "HEAD", "GET", "GET"]
     answer = await exchange(port, methods)
     found = responses(answer, methods)
     for (status, headers, body), method in zip(found, methods, strict=True):
         assert status == b"HTTP/1.1 200 OK"
         assert headers["x-cache"] == "HIT"
-        assert int(headers["content-length"]) == len(raw.multipart())
-        assert body == (b"" if method == "HEAD" else raw.multipart())
+        assert int(headers["content-length"]) == len(WHOLE.data)
+        assert body == (b"" if method == "HEAD" else WHOLE.data)
     # Each GET's head went out with MSG_MORE; HEAD's went out as aiohttp sends it.
     assert len(heads) == 3 and all(length > 100 for length in heads)
 
 
 async def test_a_head_the_socket_took_in_part_is_finished_in_order(
     aiohttp_client: Callable[..., Any],
-    raw: RawUpstream,
+    fake: FakeUpstream,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = internals.send_more
     monkeypatch.setattr(internals, "send_more", lambda sock, data: real(sock, data[:7]))
-    port = await warm_proxy(aiohttp_client, raw, tmp_path)
+    port = await warm_proxy(aiohttp_client, fake, tmp_path)
     [(status, headers, body), _] = responses(await exchange(port, ["GET"]), ["GET", "GET"])
     assert status == b"HTTP/1.1 200 OK" and headers["x-cache"] == "HIT"
-    assert body == raw.multipart()
+    assert body == WHOLE.data
 
 
 class FakeTransport:

@@ -19,13 +19,14 @@ identity   identity                  clients that refuse any coding
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import io
 import json
 import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +39,13 @@ from aiohttp.test_utils import TestServer
 from dicomweb_client.api import DICOMwebClient
 from multidict import CIMultiDictProxy
 
-from harness.dicomgen import Study, make_study
+from harness.dicomgen import Study, make_instance, make_study
 from harness.orthanc import Orthanc
 from proxy.app import create_app
 from proxy.dicomweb.coding import DECODERS
 from proxy.dicomweb.media import parse_media_type
 from proxy.state import CACHE, METRICS
-from tests.codings import (
-    FOREIGN,
-    INSTANCE_TYPE,
-    CannedArchive,
-    Gateway,
-    RawCoded,
-    instance_body,
-    metadata_body,
-    qido_body,
-)
-from tests.recorder import Recorder
+from tests.fake_upstream import Answer, FakeUpstream, Received
 from tests.support import ProxyThread, eventually_async, make_settings
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -73,10 +64,18 @@ DICOM = 'multipart/related; type="application/dicom"'
 FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 NOT_STORED = "dicomweb_proxy_cache_not_stored_total"
 ORTHANC_HOST = b"http://localhost/dicom-web"  # Debian's DicomWeb.Host, no port
+FOREIGN = "http://archive.internal:8042/dicom-web"
+BOUNDARY = "canned-0123456789"
+INSTANCE_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+# Enough instances for a study metadata document over 1 MiB: hits of it are rewritten
+# while streamed from the file (proxy.cache.stored.SENDFILE_FROM), URLs across chunks.
+INSTANCES = 3000
 
 
 @dataclass
-class Answer:
+class Reply:
+    """What a client got back."""
+
     status: int
     headers: CIMultiDictProxy[str]
     raw: bytes  # as it came over the wire
@@ -101,14 +100,14 @@ async def get(
     accept: str | None = None,
     coding: str | None = None,
     headers: dict[str, str] | None = None,
-) -> Answer:
+) -> Reply:
     sent = dict(headers or {})
     if accept is not None:
         sent["Accept"] = accept
     if coding is not None:
         sent["Accept-Encoding"] = coding
     async with session.get(url, headers=sent) as response:
-        return Answer(response.status, response.headers, await response.read())
+        return Reply(response.status, response.headers, await response.read())
 
 
 async def settle(app: web.Application | None) -> None:
@@ -118,7 +117,7 @@ async def settle(app: web.Application | None) -> None:
     await eventually_async(lambda: not cache._fills, message="fills did not finish")
 
 
-def assert_coding(answer: Answer, *, textual: bool, client: str) -> None:
+def assert_coding(answer: Reply, *, textual: bool, client: str) -> None:
     """gzip exactly when the client accepts it and the body is JSON/XML; Vary says so."""
     wanted = "gzip" if textual and ACCEPTS_GZIP[client] else None
     assert answer.headers.get("Content-Encoding") == wanted, (client, dict(answer.headers))
@@ -127,7 +126,7 @@ def assert_coding(answer: Answer, *, textual: bool, client: str) -> None:
         assert "accept-encoding" in vary, dict(answer.headers)
 
 
-def assert_no_leak(answer: Answer, leaks: tuple[str, ...]) -> None:
+def assert_no_leak(answer: Reply, leaks: tuple[str, ...]) -> None:
     body = answer.body
     for leak in leaks:
         assert leak.encode() not in body, leak
@@ -135,7 +134,7 @@ def assert_no_leak(answer: Answer, leaks: tuple[str, ...]) -> None:
             assert leak not in value, (leak, name, value)
 
 
-def payloads(answer: Answer) -> list[bytes]:
+def payloads(answer: Reply) -> list[bytes]:
     """The part bodies of a whole multipart/related answer (RFC 2046 section 5.1.1)."""
     _, params = parse_media_type(answer.headers["Content-Type"])
     delimiter = b"\r\n--" + params["boundary"].encode()
@@ -196,6 +195,82 @@ def port(server: TestServer) -> int:
 # -- 1. in-process archives that gzip as CDNs and dcm4chee do ---------------------------
 
 
+def qido_body(study: str, own: str, foreign: str) -> bytes:
+    """Two matches: one under the archive's own base URL, one under a balancer's."""
+    matches = [
+        {
+            "0020000D": {"vr": "UI", "Value": [uid]},
+            "00081190": {"vr": "UR", "Value": [f"{base}/studies/{uid}"]},
+            "00201208": {"vr": "IS", "Value": [INSTANCES]},
+        }
+        for uid, base in ((study, own), (f"{study}.9", foreign))
+    ]
+    return json.dumps(matches).encode()
+
+
+def metadata_body(study: str, own: str, foreign: str) -> bytes:
+    """Study metadata: RetrieveURL and BulkDataURI of every instance, hosts alternating."""
+    items = []
+    for number in range(1, INSTANCES + 1):
+        base = own if number % 2 else foreign
+        url = f"{base}/studies/{study}/series/{study}.1/instances/{study}.1.{number}"
+        items.append(
+            {
+                "0020000D": {"vr": "UI", "Value": [study]},
+                "00080018": {"vr": "UI", "Value": [f"{study}.1.{number}"]},
+                "00081190": {"vr": "UR", "Value": [url]},
+                "7FE00010": {"vr": "OW", "BulkDataURI": f"{url}/bulk/7FE00010"},
+            }
+        )
+    return json.dumps(items).encode()
+
+
+@functools.lru_cache(maxsize=16)
+def instance_body(study: str, series: str, sop: str) -> bytes:
+    """One CT instance (256 x 256) as ``multipart/related; type="application/dicom"``."""
+    data = make_instance(study, series, 1, rows=256, columns=256, sop_uid=sop)
+    head = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def serve_canned(fake: FakeUpstream, gzips: str) -> None:
+    """QIDO-RS, study metadata and instance retrieves for any UIDs, with canned bodies
+    that carry the archive's own URLs and a foreign host's (an archive behind a load
+    balancer announces the balancer's name).  ``always`` gzips everything, bulk data too,
+    whatever the request asked for (a CDN or corporate gateway that compresses on the
+    fly, chunked); ``negotiated`` gzips only QIDO and metadata answers and only when the
+    request's ``Accept-Encoding`` names gzip (dcm4chee / Undertow)."""
+    own = fake.dicomweb
+
+    def coded(asked: Received, body: bytes, content_type: str, location: str) -> Answer:
+        headers = {"Content-Type": content_type}
+        if location:
+            headers["Content-Location"] = location
+        if gzips == "always":
+            return Answer(body=body, headers=headers, gzip=True, framing="chunked", pieces=8)
+        textual = content_type == JSON
+        wants = "gzip" in asked.headers.get("Accept-Encoding", "").lower()
+        return Answer(body=body, headers=headers, gzip=textual and wants)
+
+    def qido(asked: Received) -> Answer:
+        study = asked.query.get("StudyInstanceUID", "1.2.3")
+        return coded(asked, qido_body(study, own, FOREIGN), JSON, "")
+
+    def metadata(asked: Received) -> Answer:
+        study = asked.params["study"]
+        location = f"{FOREIGN}/studies/{study}/metadata"
+        return coded(asked, metadata_body(study, own, FOREIGN), JSON, location)
+
+    def instance(asked: Received) -> Answer:
+        body = instance_body(asked.params["study"], asked.params["series"], asked.params["sop"])
+        location = own + asked.path.removeprefix("/dicom-web")
+        return coded(asked, body, INSTANCE_TYPE, location)
+
+    fake.route("GET", "/dicom-web/studies", qido)
+    fake.route("GET", "/dicom-web/studies/{study}/metadata", metadata)
+    fake.route("GET", "/dicom-web/studies/{study}/series/{series}/instances/{sop}", instance)
+
+
 @dataclass(frozen=True)
 class Canned:
     path: str  # with its query, as the archive sees it
@@ -239,21 +314,20 @@ ASKS = {"qido": "gzip", "metadata": "gzip", "instance": "identity"}
 @pytest.mark.parametrize("client", list(CLIENT_CODINGS))
 @pytest.mark.parametrize("gzips", ["always", "negotiated"])
 async def test_canned_archive_decoded_rewritten_stored_and_coded_per_client(
-    aiohttp_server: ServerFactory,
+    fake: FakeUpstream,
     proxy_on: ProxyOn,
     session: aiohttp.ClientSession,
     gzips: str,
     client: str,
     resource: str,
 ) -> None:
-    archive = CannedArchive(gzips)
-    archive.port = port(await aiohttp_server(archive.app()))
-    proxy = await proxy_on(archive.own, qido_ttl=60)
+    serve_canned(fake, gzips)
+    proxy = await proxy_on(fake.dicomweb, qido_ttl=60)
     public = f"{root(proxy)}/dicom-web"
-    case = canned(resource, "1.2.3.4", archive.own, public)
+    case = canned(resource, "1.2.3.4", fake.dicomweb, public)
     assert case.sent != case.expected or not case.textual  # premise: URLs to rewrite
     url = root(proxy) + case.path
-    leaks = (f"127.0.0.1:{archive.port}", "archive.internal")
+    leaks = (f"127.0.0.1:{fake.port}", "archive.internal")
     content_type = JSON if case.textual else INSTANCE_TYPE
 
     first = await get(session, url, case.accept, CLIENT_CODINGS[client])
@@ -274,8 +348,15 @@ async def test_canned_archive_decoded_rewritten_stored_and_coded_per_client(
         assert_coding(hit, textual=case.textual, client=other)
         assert hit.body == case.expected, other
         assert_no_leak(hit, leaks)
-    assert archive.accept_encodings(case.path) == [ASKS[resource]]
-    assert {coding for _, coding in archive.received} <= {"gzip", "identity"}
+    asked = [r.headers.get("Accept-Encoding") for r in fake.received if r.path_qs == case.path]
+    assert asked == [ASKS[resource]]
+    assert {r.headers.get("Accept-Encoding") for r in fake.received} <= {"gzip", "identity"}
+    # Premise: the archive codes as it is meant to (always, or when asked and textual).
+    asking = "identity" if gzips == "always" else "gzip"
+    direct = await get(session, fake.url + case.path, case.accept, asking)
+    assert direct.headers.get("Content-Encoding") == (
+        "gzip" if gzips == "always" or case.textual else None
+    )
 
 
 # -- 2. the real Orthanc, on the configuration Debian ships -----------------------------
@@ -424,19 +505,22 @@ WRONG_ANSWERS = {
 
 @pytest.mark.parametrize("case", list(WRONG_ANSWERS))
 async def test_an_answer_not_asked_for_is_relayed_counted_never_stored(
-    aiohttp_server: ServerFactory,
+    relay: FakeUpstream,
     proxy_on: ProxyOn,
     session: aiohttp.ClientSession,
-    orthanc: Orthanc,
     study: Study,
     caplog: pytest.LogCaptureFixture,
     case: str,
 ) -> None:
     kind, content_type, page = WRONG_ANSWERS[case]
-    gateway = Gateway(orthanc.url)
-    gateway.pages = [(content_type, page)] * PAGES
-    server = await aiohttp_server(gateway.app())
-    proxy = await proxy_on(f"{root(server)}/dicom-web")
+    # A gateway before the archive answers complete 200s that are not the representation
+    # asked for (a login page, a text/plain error), each with its ETag, before it relays.
+    pages = [
+        Answer(body=page, headers={"Content-Type": content_type, "ETag": f'"page-{number}"'})
+        for number in range(1, PAGES + 1)
+    ]
+    relay.route("GET", "/{path:.*}", first=pages)
+    proxy = await proxy_on(relay.dicomweb)
     metrics = proxy.app[METRICS]
     series, sop, data = study.instances[0]
     path = f"/dicom-web/studies/{study.uid}/series/{series}/instances/{sop}"
@@ -452,7 +536,7 @@ async def test_an_answer_not_asked_for_is_relayed_counted_never_stored(
             assert (answer.status, answer.x_cache) == (200, "MISS"), number
             assert answer.headers["Content-Type"].split(";")[0] == content_type
             assert answer.body == page
-            assert gateway.requests[path] == number  # reached the upstream again
+            assert relay.paths[path] == number  # reached the upstream again
             assert metrics.value(NOT_STORED, reason="unexpected_type") == number
             etags.append(answer.headers.get("ETag", '"none"'))
     warned = [r.getMessage() for r in caplog.records if "not cached" in r.getMessage()]
@@ -463,7 +547,7 @@ async def test_an_answer_not_asked_for_is_relayed_counted_never_stored(
     await settle(proxy.app)
     hit = await get(session, url, accept, "gzip, deflate")
     assert (real.status, real.x_cache, hit.status, hit.x_cache) == (200, "MISS", 200, "HIT")
-    assert gateway.requests[path] == PAGES + 1
+    assert relay.paths[path] == PAGES + 1
     if kind == "metadata":
         assert json.loads(real.body)[0]["00080018"]["Value"] == [sop]
         assert hit.body == real.body
@@ -474,7 +558,7 @@ async def test_an_answer_not_asked_for_is_relayed_counted_never_stored(
         assert (again.status, again.x_cache) == (200, "HIT")
     again = await get(session, url, accept, "gzip, deflate", {"If-None-Match": hit.headers["ETag"]})
     assert (again.status, again.x_cache) == (304, "HIT")
-    assert gateway.requests[path] == PAGES + 1
+    assert relay.paths[path] == PAGES + 1
     assert metrics.value(NOT_STORED, reason="unexpected_type") == PAGES
     assert metrics.value(NOT_STORED, reason="undecodable") == 0
 
@@ -485,7 +569,7 @@ async def test_an_answer_not_asked_for_is_relayed_counted_never_stored(
 @pytest.mark.parametrize("client", ["curl", "chromium"])
 @pytest.mark.parametrize("coding", ["compress", "br", "zstd"])
 async def test_undecodable_coding_relayed_as_it_came_never_stored(
-    aiohttp_server: ServerFactory,
+    fake: FakeUpstream,
     proxy_on: ProxyOn,
     session: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
@@ -499,17 +583,10 @@ async def test_undecodable_coding_relayed_as_it_came_never_stored(
     # Not valid in any coding; an upstream URL inside must not be rewritten either.
     body = b"\x1f\x9d\x90" + f'["{FOREIGN}/studies/1.2.3"'.encode() + bytes(range(256))
     path = "/dicom-web/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1/metadata"
-    asked: list[str | None] = []
-
-    async def metadata(request: web.Request) -> web.Response:
-        asked.append(request.headers.get("Accept-Encoding"))
-        headers = {"Content-Type": JSON, "Content-Encoding": coding}
-        return web.Response(body=body, headers=headers)
-
-    app = web.Application()
-    app.router.add_get(path, metadata)
-    upstream = await aiohttp_server(app)
-    proxy = await proxy_on(f"{root(upstream)}/dicom-web")
+    fake.route(
+        "GET", path, Answer(body=body, headers={"Content-Type": JSON, "Content-Encoding": coding})
+    )
+    proxy = await proxy_on(fake.dicomweb)
     with caplog.at_level(logging.WARNING, logger="dicomweb_proxy"):
         for number in (1, 2):
             answer = await get(session, root(proxy) + path, JSON, CLIENT_CODINGS[client])
@@ -518,8 +595,8 @@ async def test_undecodable_coding_relayed_as_it_came_never_stored(
             assert answer.headers["Content-Encoding"] == coding
             assert answer.headers["Content-Type"] == JSON
             assert answer.raw == body
-            assert len(asked) == number  # reached the upstream again
-    assert asked == ["gzip", "gzip"]
+            assert fake.count() == number  # reached the upstream again
+    assert [r.headers.get("Accept-Encoding") for r in fake.received] == ["gzip", "gzip"]
     metrics = proxy.app[METRICS]
     assert metrics.value(NOT_STORED, reason="undecodable") == 2
     assert metrics.value(NOT_STORED, reason="unexpected_type") == 0
@@ -528,7 +605,7 @@ async def test_undecodable_coding_relayed_as_it_came_never_stored(
 
 
 async def test_undecodable_multipart_relayed_whole_never_stored(
-    aiohttp_server: ServerFactory,
+    fake: FakeUpstream,
     proxy_on: ProxyOn,
     session: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
@@ -541,14 +618,9 @@ async def test_undecodable_multipart_relayed_whole_never_stored(
     path = "/dicom-web/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1"
     content_type = f"{DICOM}; boundary=abc"
 
-    async def instance(request: web.Request) -> web.Response:
-        headers = {"Content-Type": content_type, "Content-Encoding": "compress"}
-        return web.Response(body=body, headers=headers)
-
-    app = web.Application()
-    app.router.add_get(path, instance)
-    upstream = await aiohttp_server(app)
-    proxy = await proxy_on(f"{root(upstream)}/dicom-web")
+    headers = {"Content-Type": content_type, "Content-Encoding": "compress"}
+    fake.route("GET", path, Answer(body=body, headers=headers))
+    proxy = await proxy_on(fake.dicomweb)
     for number in (1, 2):
         answer = await get(session, root(proxy) + path, DICOM)
         await settle(proxy.app)
@@ -575,7 +647,7 @@ def encoded(coding: str, body: bytes) -> bytes:
 @pytest.mark.parametrize("client", ["curl", "chromium"])
 @pytest.mark.parametrize("coding", ["x-gzip", "deflate", "raw deflate", "br", "zstd"])
 async def test_every_known_coding_decoded_rewritten_and_stored(
-    aiohttp_server: ServerFactory,
+    fake: FakeUpstream,
     proxy_on: ProxyOn,
     session: aiohttp.ClientSession,
     coding: str,
@@ -584,18 +656,12 @@ async def test_every_known_coding_decoded_rewritten_and_stored(
     """Whatever the upstream sends anyway (SPEC section 2): decoded when the proxy can."""
     study = "1.2.3.6"
     path = f"/dicom-web/studies/{study}/series/{study}.1/instances/{study}.1.1/metadata"
-    own: list[str] = []
-
-    async def metadata(request: web.Request) -> web.Response:
-        body = encoded(coding, metadata_body(study, own[0], FOREIGN))
-        name = "deflate" if coding == "raw deflate" else coding
-        return web.Response(body=body, headers={"Content-Type": JSON, "Content-Encoding": name})
-
-    app = web.Application()
-    app.router.add_get(path, metadata)
-    upstream = await aiohttp_server(app)
-    own.append(f"{root(upstream)}/dicom-web")
-    proxy = await proxy_on(own[0])
+    body = encoded(coding, metadata_body(study, fake.dicomweb, FOREIGN))
+    name = "deflate" if coding == "raw deflate" else coding
+    fake.route(
+        "GET", path, Answer(body=body, headers={"Content-Type": JSON, "Content-Encoding": name})
+    )
+    proxy = await proxy_on(fake.dicomweb)
     expected = metadata_body(study, f"{root(proxy)}/dicom-web", f"{root(proxy)}/dicom-web")
     first = await get(session, root(proxy) + path, JSON, CLIENT_CODINGS[client])
     await settle(proxy.app)
@@ -604,76 +670,91 @@ async def test_every_known_coding_decoded_rewritten_and_stored(
     for answer in (first, second):
         assert_coding(answer, textual=True, client=client)
         assert answer.body == expected
-        assert_no_leak(answer, (f"127.0.0.1:{upstream.port}", "archive.internal"))
+        assert_no_leak(answer, (f"127.0.0.1:{fake.port}", "archive.internal"))
     assert proxy.app[METRICS].total(NOT_STORED) == 0
 
 
 # -- 5. gzip cut short or corrupt -------------------------------------------------------
 
 
+def gzipped(body: bytes, content_type: str, mode: str) -> Answer:
+    """``body`` gzipped by hand: ``whole`` (close-delimited, every byte), ``cut``
+    (close-delimited, half the gzip bytes), ``bad-crc`` (Content-Length, the gzip
+    trailer's CRC-32 wrong), ``corrupt`` (Content-Length, 64 bytes inside the deflate
+    stream flipped)."""
+    coded = gzip.compress(body)
+    answer = Answer(body=coded, headers={"Content-Type": content_type, "Content-Encoding": "gzip"})
+    if mode == "whole":
+        return replace(answer, framing="close")
+    if mode == "cut":
+        return replace(answer, framing="close", drop_after=len(coded) // 2)
+    if mode == "bad-crc":
+        crc = bytes(byte ^ 0xFF for byte in coded[-8:-4])
+        return replace(answer, body=coded[:-8] + crc + coded[-4:])
+    middle = len(coded) // 2
+    flipped = bytes(byte ^ 0x55 for byte in coded[middle : middle + 64])
+    return replace(answer, body=coded[:middle] + flipped + coded[middle + 64 :])
+
+
 @pytest.mark.parametrize("client", ["curl", "requests"])
 @pytest.mark.parametrize("kind", ["metadata", "instance"])
 @pytest.mark.parametrize("mode", ["cut", "bad-crc", "corrupt"])
 async def test_broken_gzip_cuts_the_client_and_is_never_stored(
-    proxy_on: ProxyOn, session: aiohttp.ClientSession, mode: str, kind: str, client: str
+    fake: FakeUpstream,
+    proxy_on: ProxyOn,
+    session: aiohttp.ClientSession,
+    mode: str,
+    kind: str,
+    client: str,
 ) -> None:
     """``cut``: close-delimited, so only the end of the gzip stream tells it is whole."""
     study = "1.2.3.5"
+    path = f"/dicom-web/studies/{study}/series/{study}.1/instances/{study}.1.1"
     if kind == "metadata":
-        raw = await RawCoded(b"", JSON).start()
-        raw.body = metadata_body(study, raw.dicomweb, FOREIGN)
-        path, accept = (
-            f"/dicom-web/studies/{study}/series/{study}.1/instances/{study}.1.1/metadata",
-            JSON,
-        )
+        body, content_type, accept = metadata_body(study, fake.dicomweb, FOREIGN), JSON, JSON
+        path += "/metadata"
     else:
-        raw = await RawCoded(
-            instance_body(study, f"{study}.1", f"{study}.1.1"), INSTANCE_TYPE
-        ).start()
-        path, accept = f"/dicom-web/studies/{study}/series/{study}.1/instances/{study}.1.1", DICOM
-    try:
-        proxy = await proxy_on(raw.dicomweb)
-        public = f"{root(proxy)}/dicom-web"
-        expected = raw.body.replace(raw.dicomweb.encode(), public.encode())
-        expected = expected.replace(FOREIGN.encode(), public.encode())
-        headers = {"Accept": accept}
-        if CLIENT_CODINGS[client] is not None:
-            headers["Accept-Encoding"] = str(CLIENT_CODINGS[client])
-        raw.mode = mode
-        for attempt in (1, 2):
-            async with session.get(root(proxy) + path, headers=headers) as response:
-                assert (response.status, response.headers["X-Cache"]) == (200, "MISS")
-                with pytest.raises(aiohttp.ClientPayloadError):
-                    await response.read()
-            await settle(proxy.app)
-            assert raw.requests == attempt  # nothing stored: the upstream is asked again
-        raw.mode = "whole"  # close-delimited too, but its gzip stream ends
-        whole = await get(session, root(proxy) + path, accept, CLIENT_CODINGS[client])
+        body = instance_body(study, f"{study}.1", f"{study}.1.1")
+        content_type, accept = INSTANCE_TYPE, DICOM
+    broken = gzipped(body, content_type, mode)
+    # Then close-delimited too, but its gzip stream ends.
+    fake.route("GET", path, gzipped(body, content_type, "whole"), first=[broken, broken])
+    proxy = await proxy_on(fake.dicomweb)
+    public = f"{root(proxy)}/dicom-web"
+    expected = body.replace(fake.dicomweb.encode(), public.encode())
+    expected = expected.replace(FOREIGN.encode(), public.encode())
+    headers = {"Accept": accept}
+    if CLIENT_CODINGS[client] is not None:
+        headers["Accept-Encoding"] = str(CLIENT_CODINGS[client])
+    for attempt in (1, 2):
+        async with session.get(root(proxy) + path, headers=headers) as response:
+            assert (response.status, response.headers["X-Cache"]) == (200, "MISS")
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
         await settle(proxy.app)
-        hit = await get(session, root(proxy) + path, accept, CLIENT_CODINGS[client])
-        assert (whole.status, whole.x_cache, hit.status, hit.x_cache) == (200, "MISS", 200, "HIT")
-        assert whole.body == hit.body == expected
-        assert raw.requests == 3
-        metrics = proxy.app[METRICS]
-        assert metrics.total(NOT_STORED) == 0  # an error, not a refused representation
-    finally:
-        await raw.stop()
+        assert fake.count() == attempt  # nothing stored: the upstream is asked again
+    whole = await get(session, root(proxy) + path, accept, CLIENT_CODINGS[client])
+    await settle(proxy.app)
+    hit = await get(session, root(proxy) + path, accept, CLIENT_CODINGS[client])
+    assert (whole.status, whole.x_cache, hit.status, hit.x_cache) == (200, "MISS", 200, "HIT")
+    assert whole.body == hit.body == expected
+    assert fake.count() == 3
+    metrics = proxy.app[METRICS]
+    assert metrics.total(NOT_STORED) == 0  # an error, not a refused representation
 
 
 # -- 6. dicomweb-client (requests: Accept-Encoding gzip) --------------------------------
 
 
 async def test_dicomweb_client_second_retrieves_never_reach_the_archive(
-    aiohttp_server: ServerFactory,
+    relay: FakeUpstream,
     orthanc: Orthanc,
     study: Study,
     start_proxy: Callable[..., ProxyThread],
     request: pytest.FixtureRequest,
 ) -> None:
     assert "gzip" in requests.utils.default_headers()["Accept-Encoding"]  # premise
-    recorder = Recorder(orthanc.url)
-    server = await aiohttp_server(recorder.app())
-    proxy = start_proxy(f"{root(server)}/dicom-web")
+    proxy = start_proxy(relay.dicomweb)
     http = requests.Session()
     request.addfinalizer(http.close)
     client = DICOMwebClient(url=proxy.dicomweb, session=http)
@@ -681,18 +762,18 @@ async def test_dicomweb_client_second_retrieves_never_reach_the_archive(
     metadata_path = f"/dicom-web/studies/{study.uid}/metadata"
     instance_path = f"/dicom-web/studies/{study.uid}/series/{series}/instances/{sop}"
 
-    # The synchronous client runs in a thread: the recorder serves in this loop.
+    # The synchronous client runs in a thread, so that the proxy's test loop stays free.
     metadata = []
     for _ in range(2):
         metadata.append(await asyncio.to_thread(client.retrieve_study_metadata, study.uid))
         await settle(proxy.app)
     assert metadata[0] == metadata[1] and len(metadata[0]) == 6
-    assert recorder.paths[metadata_path] == 1
+    assert relay.paths[metadata_path] == 1
     instances = []
     for _ in range(2):
         instances.append(await asyncio.to_thread(client.retrieve_instance, study.uid, series, sop))
         await settle(proxy.app)
-    assert recorder.paths[instance_path] == 1
+    assert relay.paths[instance_path] == 1
     expected = pydicom.dcmread(io.BytesIO(data)).PixelData
     assert [ds.PixelData for ds in instances] == [expected, expected]
     assert proxy.app is not None
@@ -705,6 +786,6 @@ async def test_dicomweb_client_second_retrieves_never_reach_the_archive(
     )
     assert [item["0020000D"]["Value"][0] for item in found] == [study.uid]
     text = json.dumps([found, metadata[0]])
-    for leak in (f"127.0.0.1:{orthanc.port}", f"127.0.0.1:{server.port}", "localhost"):
+    for leak in (f"127.0.0.1:{orthanc.port}", f"127.0.0.1:{relay.port}", "localhost"):
         assert leak not in text, leak
     assert announced_urls(found) and announced_urls(metadata[0])

@@ -1,7 +1,7 @@
 """STOW-RS through the proxy: batching, retries, splitting, merged responses, dead letter.
 
-A counting relay (tests/relay.py) sits between the proxy and a real Orthanc and records
-what the upstream received; that is how batching and retries are proven.
+The fake upstream (tests/fake_upstream.py) relays between the proxy and a real Orthanc
+and records what the upstream received; that is how batching and retries are proven.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,19 @@ from harness.orthanc import Orthanc
 from proxy.cli import main as cli_main
 from proxy.state import STUDIES_CHANGED
 from proxy.stow import spool as spool_module
-from tests.relay import Faults, Relay
+from tests.fake_upstream import Answer, FakeUpstream, Received, stow_success
 from tests.support import ProxyThread, eventually
 
 TOKEN = "admin-secret"
 BOUNDARY = "client-boundary-0123456789"
 DICOM_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
 FAST = {"stow_retry_delay": 0.001, "admin_token": TOKEN}
+STOW = "/dicom-web/studies{study:.*}"  # POSTed to: STOW-RS, with or without a study
+BUSY = Answer(503, "busy", {"Retry-After": "0"})
+
+
+def stow_requests(relay: FakeUpstream) -> list[Received]:
+    return [r for r in relay.received if r.headers.get("Content-Type", "").startswith("multi")]
 
 
 def multipart(parts: list[tuple[dict[str, str], bytes]], boundary: str = BOUNDARY) -> bytes:
@@ -83,8 +90,14 @@ def spool_files(proxy: ProxyThread) -> list[Path]:
 
 
 def test_120_instances_go_in_5_batches(
-    orthanc: Orthanc, relay: Relay, start_proxy: Callable[..., ProxyThread]
+    orthanc: Orthanc, relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
 ) -> None:
+
+    async def warned(received: Received) -> Answer:  # an archive that stores with a warning
+        answer = await relay.forward(received)
+        return replace(answer, headers={**answer.headers, "Warning": '299 relay "relayed"'})
+
+    relay.route("POST", STOW, warned)
     proxy = start_proxy(relay.dicomweb, stow_max_instances=25, **FAST)
     changed: list[set[str]] = []
 
@@ -95,10 +108,10 @@ def test_120_instances_go_in_5_batches(
     study = make_study(2, 60, rows=16, columns=16)
     response = post(proxy.dicomweb, dicom_parts([d for _, _, d in study.instances]), DICOM_TYPE)
     assert response.status_code == 200, response.text
-    assert sorted(len(r.parts) for r in relay.stow_requests) == [20, 25, 25, 25, 25]
-    assert all(r.path == "/dicom-web/studies" for r in relay.stow_requests)
-    assert all("Content-Length" in r.headers for r in relay.stow_requests)
-    boundaries = {r.headers["Content-Type"].rsplit("boundary=", 1)[1] for r in relay.stow_requests}
+    assert sorted(len(r.parts()) for r in stow_requests(relay)) == [20, 25, 25, 25, 25]
+    assert all(r.path == "/dicom-web/studies" for r in stow_requests(relay))
+    assert all("Content-Length" in r.headers for r in stow_requests(relay))
+    boundaries = {r.headers["Content-Type"].rsplit("boundary=", 1)[1] for r in stow_requests(relay)}
     assert len(boundaries) == 5
     assert 1 <= relay.max_in_flight <= 2  # --stow-concurrency
     assert stored(orthanc, study.uid) == {uid for _, uid, _ in study.instances}
@@ -113,7 +126,7 @@ def test_120_instances_go_in_5_batches(
 
 
 def test_batches_split_by_bytes(
-    orthanc: Orthanc, relay: Relay, start_proxy: Callable[..., ProxyThread]
+    orthanc: Orthanc, relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
 ) -> None:
     study = make_study(1, 10, rows=32, columns=32)
     size = len(study.instances[0][2])
@@ -121,25 +134,25 @@ def test_batches_split_by_bytes(
     proxy = start_proxy(relay.dicomweb, stow_max_bytes=limit, **FAST)
     response = post(proxy.dicomweb, dicom_parts([d for _, _, d in study.instances]), DICOM_TYPE)
     assert response.status_code == 200, response.text
-    assert sorted(len(r.parts) for r in relay.stow_requests) == [1, 3, 3, 3]
-    assert all(r.length <= limit for r in relay.stow_requests)
-    assert all(int(r.headers["Content-Length"]) == r.length for r in relay.stow_requests)
+    assert sorted(len(r.parts()) for r in stow_requests(relay)) == [1, 3, 3, 3]
+    assert all(len(r.body) <= limit for r in stow_requests(relay))
+    assert all(int(r.headers["Content-Length"]) == len(r.body) for r in stow_requests(relay))
     assert len(stored(orthanc, study.uid)) == 10
 
 
 def test_an_instance_larger_than_the_byte_limit_goes_alone(
-    orthanc: Orthanc, relay: Relay, start_proxy: Callable[..., ProxyThread]
+    orthanc: Orthanc, relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
 ) -> None:
     study = make_study(1, 3, rows=64, columns=64)
     proxy = start_proxy(relay.dicomweb, stow_max_bytes=1000, **FAST)
     response = post(proxy.dicomweb, dicom_parts([d for _, _, d in study.instances]), DICOM_TYPE)
     assert response.status_code == 200
-    assert [len(r.parts) for r in relay.stow_requests] == [1, 1, 1]
+    assert [len(r.parts()) for r in stow_requests(relay)] == [1, 1, 1]
 
 
 @pytest.mark.parametrize("with_study", [False, True])
 def test_dicomweb_client_store_instances(
-    orthanc: Orthanc, relay: Relay, start_proxy: Callable[..., ProxyThread], with_study: bool
+    orthanc: Orthanc, relay: FakeUpstream, start_proxy: Callable[..., ProxyThread], with_study: bool
 ) -> None:
     proxy = start_proxy(relay.dicomweb, stow_max_instances=2, **FAST)
     study = make_study(1, 5, rows=16, columns=16)
@@ -149,7 +162,7 @@ def test_dicomweb_client_store_instances(
     got = {item.ReferencedSOPInstanceUID for item in result.ReferencedSOPSequence}
     assert got == {uid for _, uid, _ in study.instances}
     expected_path = f"/dicom-web/studies/{study.uid}" if with_study else "/dicom-web/studies"
-    assert [r.path for r in relay.stow_requests] == [expected_path] * 3
+    assert [r.path for r in stow_requests(relay)] == [expected_path] * 3
     assert len(stored(orthanc, study.uid)) == 5
 
 
@@ -167,22 +180,27 @@ def test_dicomweb_client_store_instances_on_a_stock_orthanc(
 
 
 def test_a_200_with_an_unreadable_body_is_stored_not_failed(
-    orthanc: Orthanc, start_proxy: Callable[..., ProxyThread]
+    orthanc: Orthanc, relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
 ) -> None:
     """SPEC section 5: what the archive accepted is reported stored and never kept in the
     dead letter (replaying it would store it twice)."""
-    relay = Relay(orthanc.dicomweb, faults=Faults(unreadable_200=True)).start()
-    try:
-        proxy = start_proxy(relay.dicomweb, stow_max_instances=2, **FAST)
-        study = make_study(1, 3, rows=16, columns=16)
-        body = dicom_parts([d for _, _, d in study.instances])
-        response = post(proxy.dicomweb, body, DICOM_TYPE)
-    finally:
-        relay.stop()
+
+    async def unreadable(received: Received) -> Answer:
+        answer = await relay.forward(received)
+        if answer.status != 200:
+            return answer
+        # A gateway that replaces the archive's answer (seen: an HTML page).
+        return Answer(body="<html>stored</html>", headers={"Content-Type": "text/html"})
+
+    relay.route("POST", STOW, unreadable)
+    proxy = start_proxy(relay.dicomweb, stow_max_instances=2, **FAST)
+    study = make_study(1, 3, rows=16, columns=16)
+    body = dicom_parts([d for _, _, d in study.instances])
+    response = post(proxy.dicomweb, body, DICOM_TYPE)
     assert response.status_code == 200, response.text
     assert referenced(response.json()) == {uid for _, uid, _ in study.instances}
     assert "00081198" not in response.json()
-    assert [r.status for r in relay.stow_requests] == [200, 200]
+    assert [r.status for r in stow_requests(relay)] == [200, 200]
     assert admin(proxy, "GET", "/admin/dead-letter").json()["entries"] == []
     assert stored(orthanc, study.uid) == {uid for _, uid, _ in study.instances}
 
@@ -197,7 +215,7 @@ def test_single_part_application_dicom(orthanc: Orthanc, proxy: ProxyThread) -> 
 
 
 def test_a_non_dicom_part_is_one_failed_item(
-    orthanc: Orthanc, relay: Relay, start_proxy: Callable[..., ProxyThread]
+    orthanc: Orthanc, relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
 ) -> None:
     proxy = start_proxy(relay.dicomweb, **FAST)
     study = make_study(1, 2, rows=16, columns=16)
@@ -209,7 +227,7 @@ def test_a_non_dicom_part_is_one_failed_item(
     failed = items(response.json(), "00081198")
     assert len(failed) == 1
     assert failed[0]["00081197"]["Value"] == [0xC000]
-    assert [len(r.parts) for r in relay.stow_requests] == [2]
+    assert [len(r.parts()) for r in stow_requests(relay)] == [2]
     assert len(stored(orthanc, study.uid)) == 2
 
 
@@ -228,23 +246,23 @@ def test_xml_response_when_asked(proxy: ProxyThread) -> None:
 
 
 def test_transient_503s_are_retried(
-    orthanc: Orthanc, relay: Relay, start_proxy: Callable[..., ProxyThread]
+    orthanc: Orthanc, relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
 ) -> None:
-    relay.faults = Faults(fail_first=2)
+    relay.route("POST", STOW, first=[BUSY, BUSY])
     proxy = start_proxy(relay.dicomweb, stow_max_instances=2, stow_retries=3, **FAST)
     study = make_study(1, 4, rows=16, columns=16)
     response = post(proxy.dicomweb, dicom_parts([d for _, _, d in study.instances]), DICOM_TYPE)
     assert response.status_code == 200, response.text
-    statuses = sorted(r.status for r in relay.stow_requests)
+    statuses = sorted(r.status for r in stow_requests(relay))
     assert statuses == [200, 200, 503, 503]
     assert len(stored(orthanc, study.uid)) == 4
     assert admin(proxy, "GET", "/admin/dead-letter").json()["entries"] == []
 
 
 def test_permanent_503_dead_letters_then_replays(
-    orthanc: Orthanc, relay: Relay, start_proxy: Callable[..., ProxyThread]
+    orthanc: Orthanc, relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
 ) -> None:
-    relay.faults = Faults(fail_always=True)
+    down = relay.route("POST", STOW, BUSY)
     proxy = start_proxy(relay.dicomweb, stow_max_instances=2, stow_retries=2, **FAST)
     study = make_study(1, 3, rows=16, columns=16)
     uids = {uid for _, uid, _ in study.instances}
@@ -253,14 +271,14 @@ def test_permanent_503_dead_letters_then_replays(
     failed = items(response.json(), "00081198")
     assert {item["00081155"]["Value"][0] for item in failed} == uids
     assert {item["00081197"]["Value"][0] for item in failed} == {0xA700}
-    assert len(relay.stow_requests) == 4  # 2 batches x 2 attempts
+    assert len(stow_requests(relay)) == 4  # 2 batches x 2 attempts
     entries = admin(proxy, "GET", "/admin/dead-letter").json()["entries"]
     assert {e["sop_instance"] for e in entries} == uids
     assert {(e["status"], e["attempts"], e["study"]) for e in entries} == {(503, 2, study.uid)}
     assert stored(orthanc, study.uid) == set()
     assert spool_files(proxy) == []
 
-    relay.faults = Faults()  # the fault clears
+    relay.routes.remove(down)  # the fault clears
     first = entries[0]["id"]
     replayed = admin(proxy, "POST", f"/admin/dead-letter/{first}/replay")
     assert replayed.status_code == 200 and replayed.json()["stored"] is True
@@ -274,9 +292,9 @@ def test_permanent_503_dead_letters_then_replays(
 
 
 def test_dead_letter_show_and_drop(
-    relay: Relay, start_proxy: Callable[..., ProxyThread], capsys: pytest.CaptureFixture[str]
+    relay: FakeUpstream, start_proxy: Callable[..., ProxyThread], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    relay.faults = Faults(fail_always=True)
+    relay.route("POST", STOW, BUSY)
     proxy = start_proxy(relay.dicomweb, stow_retries=1, **FAST)
     study = make_study(1, 2, rows=16, columns=16)
     post(proxy.dicomweb, dicom_parts([d for _, _, d in study.instances]), DICOM_TYPE)
@@ -296,24 +314,25 @@ def test_dead_letter_show_and_drop(
 
 
 def test_content_rejections_are_not_kept(
-    relay: Relay, start_proxy: Callable[..., ProxyThread]
+    relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
 ) -> None:
     proxy = start_proxy(relay.dicomweb, **FAST)
     response = post(proxy.dicomweb, dicom_parts([b"garbage"]), DICOM_TYPE)
     assert response.status_code == 409
-    assert relay.stow_requests == []
+    assert stow_requests(relay) == []
     assert admin(proxy, "GET", "/admin/dead-letter").json()["entries"] == []
 
 
 def test_413_halves_batches(
-    orthanc: Orthanc, relay: Relay, start_proxy: Callable[..., ProxyThread]
+    orthanc: Orthanc, relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
 ) -> None:
-    relay.faults = Faults(max_parts=3)
+    too_many = Answer(413, "too many parts")
+    relay.route("POST", STOW, lambda r: too_many if len(r.parts()) > 3 else relay.forward(r))
     proxy = start_proxy(relay.dicomweb, stow_max_instances=10, **FAST)
     study = make_study(1, 10, rows=16, columns=16)
     response = post(proxy.dicomweb, dicom_parts([d for _, _, d in study.instances]), DICOM_TYPE)
     assert response.status_code == 200, response.text
-    sizes = [(len(r.parts), r.status) for r in relay.stow_requests]
+    sizes = [(len(r.parts()), r.status) for r in stow_requests(relay)]
     assert sizes == [(10, 413), (5, 413), (2, 200), (3, 200), (5, 413), (2, 200), (3, 200)]
     assert len(stored(orthanc, study.uid)) == 10
 
@@ -322,9 +341,9 @@ def test_413_halves_batches(
 
 
 def test_json_metadata_and_bulk_data_stay_together(
-    relay: Relay, start_proxy: Callable[..., ProxyThread]
+    relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
 ) -> None:
-    relay.faults = Faults(answer_locally=True)
+    relay.route("POST", STOW, stow_success)  # dicom+json, which Orthanc does not take
     proxy = start_proxy(relay.dicomweb, stow_max_instances=2, **FAST)
     study_uid = "1.2.3.4"
     metadata, bulk = [], []
@@ -353,14 +372,14 @@ def test_json_metadata_and_bulk_data_stay_together(
     assert response.status_code == 200, response.text
     assert len(referenced(response.json())) == 5
     assert response.json()["00081190"]["Value"] == [f"{proxy.dicomweb}/studies/{study_uid}"]
-    for request in relay.stow_requests:
-        first, *rest = request.parts
+    for request in stow_requests(relay):
+        first, *rest = request.parts()
         assert first.headers["content-type"] == "application/dicom+json"
         sent = [item["00080018"]["Value"][0][-1] for item in json.loads(first.body)]
         assert sorted(p.headers["content-location"][-1] for p in rest) == sorted(sent)
         for part in rest:
             assert part.body == bytes([int(part.headers["content-location"][-1])]) * len(part.body)
-    assert sorted(len(r.parts) for r in relay.stow_requests) == [2, 3, 3]
+    assert sorted(len(r.parts()) for r in stow_requests(relay)) == [2, 3, 3]
 
 
 # -- refusals -----------------------------------------------------------------------------
@@ -377,7 +396,7 @@ REFUSALS = [
 
 @pytest.mark.parametrize(("content_type", "body", "status"), REFUSALS)
 def test_malformed_and_unsupported_bodies_send_nothing(
-    relay: Relay,
+    relay: FakeUpstream,
     start_proxy: Callable[..., ProxyThread],
     content_type: str,
     body: bytes,
@@ -396,7 +415,9 @@ def test_malformed_and_unsupported_bodies_send_nothing(
     assert spool_files(proxy) == []
 
 
-def test_max_body_exceeded_is_413(relay: Relay, start_proxy: Callable[..., ProxyThread]) -> None:
+def test_max_body_exceeded_is_413(
+    relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
+) -> None:
     proxy = start_proxy(relay.dicomweb, max_body=2000, **FAST)
     study = make_study(1, 3, rows=16, columns=16)
     response = post(proxy.dicomweb, dicom_parts([d for _, _, d in study.instances]), DICOM_TYPE)
@@ -406,7 +427,7 @@ def test_max_body_exceeded_is_413(relay: Relay, start_proxy: Callable[..., Proxy
 
 
 def test_client_abort_leaves_no_spool_files(
-    relay: Relay, start_proxy: Callable[..., ProxyThread]
+    relay: FakeUpstream, start_proxy: Callable[..., ProxyThread]
 ) -> None:
     proxy = start_proxy(relay.dicomweb, **FAST)
     study = make_study(1, 4, rows=64, columns=64)
@@ -429,7 +450,7 @@ def test_client_abort_leaves_no_spool_files(
 
 
 def test_full_spool_disk_is_507_and_stores_nothing(
-    relay: Relay, start_proxy: Callable[..., ProxyThread], monkeypatch: pytest.MonkeyPatch
+    relay: FakeUpstream, start_proxy: Callable[..., ProxyThread], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[int] = []
 
