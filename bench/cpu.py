@@ -4,8 +4,9 @@
 starts Orthanc with the hit study, nginx ``proxy_cache`` and the proxy (1 worker each),
 warms both caches (with ``--no-cache``: nginx's uncached location and ``proxy
 --no-cache``, beside Orthanc direct), then runs wrk (16 connections, 5 s) against each in
-alternating rounds.  Before and after each run it reads the user + system time of the
-server's processes and of Orthanc's; it prints req/s and microseconds of CPU per
+alternating rounds.  Before and after each run it reads the user and system time of the
+server's processes (shown apart: the kernel's share and the server's own) and of
+Orthanc's; it prints req/s and microseconds of CPU per
 request, medians of the rounds.  Throughput says who won on this machine; CPU per request
 says why, and what a change saved, with less noise than req/s on a shared machine.
 """
@@ -18,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bench import data, hits, wrk
-from bench.hits import Pids, cpu_seconds
+from bench.hits import Pids, cpu_seconds, cpu_split
 from bench.nginx import Nginx
 from bench.profile import WORKLOADS
 from bench.servers import Proxy
@@ -32,20 +33,26 @@ def measure(
     targets: dict[str, tuple[str, Pids]], origin: Pids, load: hits.Workload, rounds: int
 ) -> list[str]:
     """Alternating wrk rounds; a table row per target (medians)."""
-    rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in targets}
+    rows: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in targets}
     for _ in range(rounds):
         for name, (url, pids) in targets.items():
-            own, upstream = cpu_seconds(pids()), cpu_seconds(origin())
+            (user, system), upstream = cpu_split(pids()), cpu_seconds(origin())
             result = wrk.run(url, load.paths, load.headers, seconds=SECONDS, connections=16)
             served = max(result.rps * SECONDS, 1.0) / 1e6  # millions of requests
-            own = (cpu_seconds(pids()) - own) / served
+            user_after, system_after = cpu_split(pids())
+            user, system = (user_after - user) / served, (system_after - system) / served
             upstream = (cpu_seconds(origin()) - upstream) / served
-            rows[name].append((result.rps, own, upstream))
-    lines = ["| target | req/s | CPU µs per request | Orthanc's CPU µs per request |"]
+            rows[name].append((result.rps, user, system, upstream))
+    lines = [
+        "| target | req/s | CPU µs per request (user + system) | Orthanc's CPU µs per request |"
+    ]
     lines.append("|---|---|---|---|")
     for name, found in rows.items():
-        rps, own, upstream = (statistics.median(column) for column in zip(*found, strict=True))
-        lines.append(f"| {name} | {rps:.0f} | {own:.0f} | {upstream:.0f} |")
+        rps, user, system, upstream = (
+            statistics.median(column) for column in zip(*found, strict=True)
+        )
+        cpu = f"{user + system:.0f} ({user:.0f} + {system:.0f})"
+        lines.append(f"| {name} | {rps:.0f} | {cpu} | {upstream:.0f} |")
     return lines
 
 

@@ -157,11 +157,19 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pids: list[int]) -> float:
     """User + system time of ``pids`` so far (fields 14 and 15 of /proc/PID/stat)."""
-    total = 0
+    user, system = cpu_split(pids)
+    return user + system
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """User and system time of ``pids`` so far, apart: the system part is the kernel's
+    work (copies, TCP), the user part the server's own code."""
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone: its time is lost, as for any process that exits
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / TICKS, system / TICKS
