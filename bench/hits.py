@@ -17,7 +17,7 @@ import os
 import statistics
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +139,7 @@ def alternate(
         for name, target in targets.items():
             result, cpu = measure(target, load, seconds=seconds, connections=connections)
             found[name].append((result, cpu))
+            settle(targets.values())
             progress(
                 f"  round {number + 1}/{rounds} {load.name:24} {name:18} "
                 f"{result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
@@ -146,6 +147,20 @@ def alternate(
                 f"wrk {result.wrk_cores:.2f} cores  errors {result.errors}"
             )
     return {name: summarise(runs) for name, runs in found.items()}
+
+
+def settle(targets: Iterable[Target], *, idle_cores: float = 0.1, limit: float = 30.0) -> None:
+    """Wait until the targets' processes are idle (under ``idle_cores`` over a quarter
+    second), at most ``limit`` seconds: a server still working on requests wrk gave up
+    on (Orthanc gzips an 8 MiB instance for half a second of CPU, 16 at a time) must
+    not take its CPU from the next target's round."""
+    pids = sorted({pid for target in targets for pid in target.pids()})
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pids)
+        time.sleep(0.25)
+        if cpu_seconds(pids) - before < idle_cores * 0.25:
+            return
 
 
 def _us(cpu: float | None) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,3 +166,24 @@ async def test_the_rss_cases_run_end_to_end_on_a_small_size() -> None:
         "stow, split into batches",
     ]
     assert all(r["GiB"] == 0.02 for r in results)
+
+
+def test_settle_waits_for_a_target_still_working(tmp_path: Path) -> None:
+    """A server still busy with abandoned requests is waited for before the next round."""
+    from bench.hits import Target, settle
+
+    done = tmp_path / "done"
+    spin = (
+        "import time, pathlib\n"
+        "end = time.monotonic() + 1.0\n"
+        "while time.monotonic() < end: pass\n"
+        f"pathlib.Path({str(done)!r}).touch()\n"
+        "time.sleep(30)\n"
+    )
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        settle([Target("http://unused", lambda: [busy.pid])])
+        assert done.exists()  # settled only once the spinning was over
+    finally:
+        busy.kill()
+        busy.wait()
