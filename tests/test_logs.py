@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -256,6 +257,25 @@ def _requests_counted(app: web.Application) -> float:
     return app[state.METRICS].total("dicomweb_proxy_requests_total")
 
 
+async def _serve(
+    aiohttp_server: Callable[..., object], app: web.Application, routes: dict[str, Any]
+) -> Any:
+    """``app`` serving ``routes`` and ``/later`` (for :func:`_then_one_more`)."""
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    app.router.add_get("/later", _later)
+    return await aiohttp_server(app)  # type: ignore[operator]
+
+
+async def _later(request: web.Request) -> web.Response:
+    return web.Response(text="later")
+
+
+async def _recorded_then_one_more(app: web.Application, port: int) -> list[logs.AccessRecord]:
+    await eventually_async(lambda: app[state.RECENT], message="the request was not recorded")
+    return await _then_one_more(app, port)
+
+
 async def _then_one_more(
     app: web.Application, port: int, later: str = "/later"
 ) -> list[logs.AccessRecord]:
@@ -336,20 +356,14 @@ async def test_client_gone_mid_body_is_logged_as_499_once(
             await asyncio.sleep(0.01)
         return response
 
-    async def later(request: web.Request) -> web.Response:
-        return web.Response(text="later")
-
-    app.router.add_get("/slow", endless)
-    app.router.add_get("/later", later)
-    server = await aiohttp_server(app)  # type: ignore[operator]
+    server = await _serve(aiohttp_server, app, {"/slow": endless})
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /slow?PatientName=Doe HTTP/1.1\r\nHost: x\r\n\r\n")
     await reader.readuntil(b"\r\n\r\n")
     await sent.wait()
     writer.close()
     await writer.wait_closed()
-    await eventually_async(lambda: app[state.RECENT], message="the request was not recorded")
-    (record,) = await _then_one_more(app, server.port)
+    (record,) = await _recorded_then_one_more(app, server.port)
     assert record["status"] == 499
     assert record["path"] == "/slow?PatientName="
     assert _requests_counted(app) == 2
@@ -368,19 +382,13 @@ async def test_a_cancelled_handler_is_accounted_once_as_499(
         await asyncio.Event().wait()  # until cancelled
         return web.Response()
 
-    async def later(request: web.Request) -> web.Response:
-        return web.Response(text="later")
-
-    app.router.add_get("/waits", waits)
-    app.router.add_get("/later", later)
-    server = await aiohttp_server(app)  # type: ignore[operator]
+    server = await _serve(aiohttp_server, app, {"/waits": waits})
     _, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /waits?PatientName=Doe HTTP/1.1\r\nHost: x\r\n\r\n")
     await started.wait()
     writer.close()
     await writer.wait_closed()
-    await eventually_async(lambda: app[state.RECENT], message="the request was not recorded")
-    (record,) = await _then_one_more(app, server.port)
+    (record,) = await _recorded_then_one_more(app, server.port)
     assert (record["status"], record["path"]) == (499, "/waits?PatientName=")
     assert _requests_counted(app) == 2
 
@@ -398,18 +406,12 @@ async def test_a_handler_failing_after_its_head_is_accounted_once_as_500(
         await response.write(b"part")
         raise RuntimeError("a bug, mid-body")
 
-    async def later(request: web.Request) -> web.Response:
-        return web.Response(text="later")
-
-    app.router.add_get("/fails", fails)
-    app.router.add_get("/later", later)
-    server = await aiohttp_server(app)  # type: ignore[operator]
+    server = await _serve(aiohttp_server, app, {"/fails": fails})
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /fails HTTP/1.1\r\nHost: x\r\n\r\n")
     await reader.read()  # aiohttp closes the connection
     writer.close()
-    await eventually_async(lambda: app[state.RECENT], message="the request was not recorded")
-    (record,) = await _then_one_more(app, server.port)
+    (record,) = await _recorded_then_one_more(app, server.port)
     assert record["status"] == 500
     assert _requests_counted(app) == 2
 
@@ -421,11 +423,7 @@ async def test_a_request_that_reached_no_handler_is_not_accounted(
     for it; the proxy never accounted those, and does not now."""
     app = _accounting_app()
 
-    async def later(request: web.Request) -> web.Response:
-        return web.Response(text="later")
-
-    app.router.add_get("/later", later)
-    server = await aiohttp_server(app)  # type: ignore[operator]
+    server = await _serve(aiohttp_server, app, {})
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await reader.read()).split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")

@@ -238,12 +238,8 @@ def test_workers_share_metrics_through_the_multiprocess_dir(tmp_path: Path) -> N
     metrics_multiprocess.reset_multiprocess_dir(directory)
     assert list(directory.iterdir()) == []
 
-    context = multiprocessing.get_context("spawn")
     for count, size in ((2, 100), (3, 100)):
-        process = context.Process(target=_worker, args=(str(directory), count, size))
-        process.start()
-        process.join(60)
-        assert process.exitcode == 0
+        _run_worker(_worker, str(directory), count, size)
 
     merged = metrics_multiprocess.read_multiprocess(directory)
     labels = {"transaction": "wado", "method": "GET", "status": "200"}
@@ -268,12 +264,16 @@ def test_a_workers_cache_stats_count_its_own_results(tmp_path: Path) -> None:
     page, /admin/cache) reports the process's own."""
     directory = tmp_path / "metrics"
     metrics_multiprocess.reset_multiprocess_dir(directory)
-    context = multiprocessing.get_context("spawn")
     for hits, everyone in ((2, 2), (3, 5)):
-        process = context.Process(target=_hits_worker, args=(str(directory), hits, everyone))
-        process.start()
-        process.join(60)
-        assert process.exitcode == 0
+        _run_worker(_hits_worker, str(directory), hits, everyone)
+
+
+def _run_worker(target: Callable[..., None], *args: object) -> None:
+    """``target(*args)`` in a worker process of its own (spawned, as --workers does)."""
+    process = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
 
 
 def test_multiprocess_dir_only_with_several_workers(tmp_path: Path) -> None:
