@@ -61,7 +61,12 @@ EXCHANGE = web.RequestKey("exchange", Exchange)
 def request_id(request: web.Request) -> str:
     """The client's ``X-Request-ID`` when it is well formed, else a fresh one."""
     given = request.headers.get("X-Request-ID", "")
-    return given if _REQUEST_ID.match(given) else os.urandom(16).hex()
+    return given if _REQUEST_ID.match(given) else new_request_id()
+
+
+def new_request_id() -> str:
+    """128 random bits in hex: the id of a request that came without a usable one."""
+    return os.urandom(16).hex()
 
 
 def relative_raw_path(request: web.Request, base_path: str) -> str:

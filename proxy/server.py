@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import signal
 import socket
 import time
@@ -39,6 +38,7 @@ from aiohttp import web, web_protocol
 
 from proxy import internals, logs
 from proxy.cache.express import Answer, Lane
+from proxy.exchange import new_request_id
 from proxy.state import EXPRESS
 
 
@@ -94,7 +94,7 @@ class Connection(web_protocol.RequestHandler):
             return False
         if transport.get_write_buffer_size():  # what the transport holds goes first
             return False
-        request_id = found.request_id or os.urandom(16).hex().encode()
+        request_id = found.request_id or new_request_id().encode()
         return self._answer(lane, answer, request_id, transport, sock)
 
     def _answer(
