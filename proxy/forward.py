@@ -17,7 +17,7 @@ from proxy.dicomweb.rewrite import PartURLs, Rewriter
 from proxy.errors import UpstreamError
 from proxy.exchange import Exchange
 from proxy.responses import Headers, relay, start_response
-from proxy.upstream import Upstream, body_headers, iter_body
+from proxy.upstream import Once, Upstream, body_headers, iter_body
 
 
 async def forward(
@@ -46,7 +46,10 @@ async def _exchange(
     x_cache: str | None,
 ) -> web.StreamResponse:
     async with upstream.request(
-        request.method, exchange.upstream_url, exchange.upstream_headers, body
+        request.method,
+        exchange.upstream_url,
+        exchange.upstream_headers,
+        Once(body) if body is not None else None,
     ) as response:
         headers = body_headers(response)
         chunks = iter_body(response)

@@ -35,9 +35,29 @@ CHUNK = 256 * 1024
 # reader pause and resume the socket several times per response.
 READ_BUFFER = 1024 * 1024
 
-Body = AsyncIterable[bytes] | bytes | None
-# Called once per attempt, returning a fresh body: marks the body as replayable.
+Body = AsyncIterable[bytes] | bytes
+# Called once per attempt, returning a fresh body (a spooled STOW batch): such a
+# request can be sent again after a 401, and SigV4 hashes its body.
 BodyFactory = Callable[[], Body]
+
+
+class Once:
+    """The factory of a body that can be read only once (a client's request body): the
+    request is not sent again after a 401, and SigV4 signs it ``UNSIGNED-PAYLOAD``."""
+
+    replayable = False
+
+    def __init__(self, body: Body) -> None:
+        self._body = body
+
+    def __call__(self) -> Body:
+        return self._body
+
+
+def replayable(body: BodyFactory | None) -> bool:
+    """Whether the request can be sent again: no body, or a factory of fresh ones."""
+    return getattr(body, "replayable", True)
+
 
 # Told of every upstream request: its status (or "error" / "timeout") and the seconds
 # until the response headers arrived.  Metrics and the access log listen here.
@@ -80,15 +100,15 @@ class Upstream:
         method: str,
         url: URL,
         headers: Mapping[str, str] | CIMultiDict[str],
-        data: Body | BodyFactory = None,
+        body: BodyFactory | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send one request; yield the response with its headers read.
 
-        ``data`` is bytes, a stream, or a factory returning a fresh stream per attempt;
-        only bytes, no body and a factory can be sent twice after a 401.  Every
+        ``body`` makes the request's body, once per attempt: a factory of fresh bodies
+        can be sent again after a 401, a body wrapped in :class:`Once` cannot.  Every
         aiohttp failure is translated here, once, into the proxy's error tree.
         """
-        response = await self._send(method, url, headers, data)
+        response = await self._send(method, url, headers, body)
         try:
             yield response
         finally:
@@ -99,11 +119,11 @@ class Upstream:
         method: str,
         url: URL,
         headers: Mapping[str, str] | CIMultiDict[str],
-        data: Body | BodyFactory,
+        body: BodyFactory | None,
     ) -> aiohttp.ClientResponse:
         """One attempt, and a second one after a refusal (401; 403 for SigV4) when the
         credential was renewed."""
-        sent, response = await self._attempt(method, url, headers, data)
+        sent, response = await self._attempt(method, url, headers, body)
         credentials = self.credentials
         if credentials is None or sent is None or not credentials.refused(response.status):
             return response
@@ -113,17 +133,17 @@ class Upstream:
         except BaseException:
             response.release()
             raise
-        if not renewed or not _replayable(data):
+        if not renewed or not replayable(body):
             return response
         response.release()
-        return (await self._attempt(method, url, headers, data))[1]
+        return (await self._attempt(method, url, headers, body))[1]
 
     async def _attempt(
         self,
         method: str,
         url: URL,
         headers: Mapping[str, str] | CIMultiDict[str],
-        data: Body | BodyFactory,
+        body: BodyFactory | None,
     ) -> tuple[str | None, aiohttp.ClientResponse]:
         """Send once; returns what the provider said it sent, and the response."""
         sent = None
@@ -133,15 +153,15 @@ class Upstream:
             headers.setdefault("Accept-Encoding", coding.GZIP_TEXT)
             if self.credentials is not None:
                 # Last step before sending: a SigV4 signature is only valid for minutes.
-                outgoing = Outgoing(method, url, headers, data)
+                outgoing = Outgoing(method, url, headers, body)
                 sent = await self.credentials.apply(outgoing)
                 url = outgoing.url
-        body = data() if callable(data) else data
+        data = body() if body is not None else None
         started = time.perf_counter()
         try:
             with translate_errors():
                 response = await self.session.request(
-                    method, url, headers=headers, data=body, allow_redirects=False
+                    method, url, headers=headers, data=data, allow_redirects=False
                 )
         except UpstreamError as exc:
             self._observe("timeout" if isinstance(exc, UpstreamTimeout) else "error", started)
@@ -158,10 +178,6 @@ class Upstream:
         await self.session.close()
         if self.credentials is not None:
             await self.credentials.close()
-
-
-def _replayable(data: Body | BodyFactory) -> bool:
-    return data is None or isinstance(data, bytes) or callable(data)
 
 
 def body_headers(response: aiohttp.ClientResponse) -> CIMultiDictProxy[str] | CIMultiDict[str]:

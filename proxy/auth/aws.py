@@ -161,7 +161,7 @@ class AwsCredentials(Credentials):
 
     async def apply(self, request: Outgoing) -> str:
         frozen = await self._current()
-        payload = await payload_hash(request.data)
+        payload = await payload_hash(request.body)
         request.url = canonical_url(request.url)
         sign(frozen.sdk, self.region, request, payload)
         return f"{frozen.fingerprint} {self._clock()}"

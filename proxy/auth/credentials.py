@@ -21,7 +21,7 @@ from yarl import URL
 from proxy.auth.watched import Secret
 
 if TYPE_CHECKING:
-    from proxy.upstream import Body, BodyFactory
+    from proxy.upstream import BodyFactory
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Outgoing:
     method: str
     url: URL
     headers: CIMultiDict[str]
-    data: Body | BodyFactory
+    body: BodyFactory | None  # upstream.Once: a body that can be read only once
 
 
 class Credentials(abc.ABC):

@@ -35,14 +35,15 @@ THREAD_HASH_FROM = 256 * 1024
 _SIGNED = frozenset({"host", "content-type", "content-length"})
 
 
-async def payload_hash(data: Any) -> str:
-    """The hex SHA-256 of the body (x-amz-content-sha256), read as a stream from a body
-    factory; ``UNSIGNED-PAYLOAD`` for a stream that can be read only once."""
-    if callable(data):
-        return await _digest(data())
-    if data is None or isinstance(data, bytes):
-        return await _digest(data)
-    return UNSIGNED_PAYLOAD
+async def payload_hash(body: Any) -> str:
+    """The hex SHA-256 of the body (x-amz-content-sha256), read from a fresh body of
+    its factory; ``UNSIGNED-PAYLOAD`` for a body that can be read only once
+    (``upstream.Once``: hashing would consume it)."""
+    if body is None:
+        return EMPTY_SHA256
+    if not getattr(body, "replayable", True):
+        return UNSIGNED_PAYLOAD
+    return await _digest(body())
 
 
 async def _digest(body: Any) -> str:

@@ -13,7 +13,7 @@ from harness.net import free_port
 from proxy.auth.oauth2 import ClientConfig, OAuth2Credentials, parse_token_response
 from proxy.auth.watched import Secret
 from proxy.errors import UpstreamAuthFailed
-from proxy.upstream import Upstream
+from proxy.upstream import Once, Upstream
 from tests.auth.conftest import Clock, settings_for
 from tests.authservers import TokenEndpoint, authorizations, bearer_origin, statuses
 from tests.fake_upstream import FakeUpstream
@@ -98,7 +98,7 @@ async def test_streamed_body_is_not_replayed_but_the_token_is_renewed(
     async def stream() -> AsyncIterator[bytes]:
         yield b"part-1"
 
-    async with upstream.request("POST", upstream.base / "studies", {}, stream()) as response:
+    async with upstream.request("POST", upstream.base / "studies", {}, Once(stream())) as response:
         assert response.status == 401  # a consumed stream cannot be sent again
     assert idp.calls == 2
     assert await qido(upstream) == 200

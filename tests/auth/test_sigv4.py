@@ -9,6 +9,7 @@ import pytest
 from yarl import URL
 
 from proxy.auth import sigv4
+from proxy.upstream import Once
 
 
 @pytest.mark.parametrize(
@@ -40,13 +41,13 @@ BIG = b"x" * sigv4.THREAD_HASH_FROM
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        (None, sigv4.EMPTY_SHA256),
-        (b"", sigv4.EMPTY_SHA256),
-        (b"abc", hashlib.sha256(b"abc").hexdigest()),
+        (None, sigv4.EMPTY_SHA256),  # no body
+        (lambda: b"", sigv4.EMPTY_SHA256),
+        (lambda: b"abc", hashlib.sha256(b"abc").hexdigest()),
         (lambda: _chunks(b"a", b"bc"), hashlib.sha256(b"abc").hexdigest()),
         (lambda: _chunks(BIG, b"!"), hashlib.sha256(BIG + b"!").hexdigest()),
-        (lambda: None, sigv4.EMPTY_SHA256),
-        (_chunks(b"once"), sigv4.UNSIGNED_PAYLOAD),  # a stream that can be read only once
+        (Once(_chunks(b"once")), sigv4.UNSIGNED_PAYLOAD),  # can be read only once
+        (Once(b"once"), sigv4.UNSIGNED_PAYLOAD),
     ],
 )
 async def test_payload_hash(data: object, expected: str) -> None:
