@@ -11,9 +11,10 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from proxy import auth, forward, logs, metrics_endpoint, status, viewer
 from proxy import exchange as exchanges
@@ -45,8 +46,6 @@ from proxy.stow.service import DeadLetterService
 from proxy.upstream import Upstream
 
 log = logging.getLogger("dicomweb_proxy")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:

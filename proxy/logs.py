@@ -24,13 +24,13 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
 
 from proxy import exchange as exchanges
 from proxy import metrics
@@ -43,7 +43,6 @@ RECENT_SIZE = 50
 
 AccessRecord = dict[str, Any]
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # A query parameter name worth keeping: attribute keywords, tags, dotted sequences.
 _QUERY_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

@@ -21,9 +21,9 @@ import hmac
 import logging
 import secrets
 from base64 import b64decode
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from passlib.apache import HtpasswdFile
 from passlib.context import CryptContext
 
@@ -212,9 +212,6 @@ def parse_tokens(text: str) -> list[str]:
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware

@@ -83,7 +83,7 @@ def _frame_size(kind: Kind) -> int:
 
 
 @dataclass(frozen=True)
-class Body:
+class BatchBody:
     """A multipart/related body as a list of pieces: bytes, or a spool file to copy."""
 
     content_type: str
@@ -102,7 +102,7 @@ class Body:
                 yield await asyncio.to_thread(piece.read, start, READ_SIZE)
 
 
-def encode(batch: Batch, params: Sequence[tuple[str, str]] = ()) -> Body:
+def encode(batch: Batch, params: Sequence[tuple[str, str]] = ()) -> BatchBody:
     """The request body of one batch, with a fresh boundary (RFC 2046 section 5.1.1)."""
     boundary = multipart.new_boundary()
     pieces: list[bytes | SpooledPart] = []
@@ -114,7 +114,7 @@ def encode(batch: Batch, params: Sequence[tuple[str, str]] = ()) -> Body:
         pieces += [multipart.part_head(boundary, _headers(part)), part, multipart.PART_END]
     pieces.append(multipart.closing(boundary))
     content_type = multipart.content_type(boundary, batch.kind.value, params)
-    return Body(content_type, tuple(pieces))
+    return BatchBody(content_type, tuple(pieces))
 
 
 def _parts(batch: Batch) -> list[SpooledPart]:

@@ -45,13 +45,17 @@ _BODY_HEADERS = (
 
 
 @dataclass(frozen=True)
-class Policy:
+class SendPolicy:
+    """How batches are sent: attempts per batch, the first retry's delay, and how many
+    batches are in flight at once (``--stow-retries``, ``--stow-retry-delay``,
+    ``--stow-concurrency``)."""
+
     attempts: int
     base_delay: float
     concurrency: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
+    def from_settings(cls, settings: Settings) -> SendPolicy:
         return cls(settings.stow_retries, settings.stow_retry_delay, settings.stow_concurrency)
 
 
@@ -90,7 +94,7 @@ class Sender:
         upstream: Upstream,
         url: URL,
         headers: Mapping[str, str],
-        policy: Policy,
+        policy: SendPolicy,
         rewriter: Rewriter | None = None,
         params: Sequence[tuple[str, str]] = (),
     ) -> None:

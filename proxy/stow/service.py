@@ -38,7 +38,7 @@ from proxy.state import StudiesChanged
 from proxy.stow.batch import Batch, plan
 from proxy.stow.dead_letter import DeadLetter, new_record
 from proxy.stow.parts import Kind
-from proxy.stow.send import RETRYABLE, Policy, Sender, Sent
+from proxy.stow.send import RETRYABLE, Sender, SendPolicy, Sent
 from proxy.stow.spool import spool
 from proxy.upstream import Upstream
 
@@ -91,7 +91,7 @@ async def store(
             upstream,
             request.url,
             request.headers,
-            Policy.from_settings(settings),
+            SendPolicy.from_settings(settings),
             request.rewriter,
             spooled.params,
         )
@@ -217,7 +217,7 @@ async def replay(
     dead_letter = DeadLetter(settings.dead_letter_path)
     instance, kind, target = dead_letter.instance(entry_id)
     url = upstream.base.with_path(upstream.base.path.rstrip("/") + "/" + target)
-    sender = Sender(upstream, url, headers, Policy.from_settings(settings))
+    sender = Sender(upstream, url, headers, SendPolicy.from_settings(settings))
     results = await sender.send(Batch(kind, (instance,)))
     referenced = any(r.result.referenced for r in (s.report for s in results))
     if referenced:

@@ -22,7 +22,7 @@ from proxy.stow.dead_letter import DeadLetter, new_record
 from proxy.stow.http import wants_xml
 from proxy.stow.identify import dicom_instance
 from proxy.stow.parts import Instance, Kind, SpooledPart
-from proxy.stow.send import Policy, Sender, _retry_after
+from proxy.stow.send import Sender, SendPolicy, _retry_after
 from proxy.stow.spool import spool
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -202,7 +202,7 @@ def test_retry_after(value: str | None, seconds: float | None) -> None:
 def test_backoff_with_jitter_honours_retry_after(
     attempt: int, retry_after: float | None, low: float, high: float
 ) -> None:
-    sender = Sender(None, URL("http://x/"), {}, Policy(3, 0.1, 2))  # type: ignore[arg-type]
+    sender = Sender(None, URL("http://x/"), {}, SendPolicy(3, 0.1, 2))  # type: ignore[arg-type]
     for _ in range(20):
         assert low <= sender._delay(attempt, retry_after) <= high
 
