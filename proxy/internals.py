@@ -2,7 +2,7 @@
 
 Both uses are on the path of a cache hit, for its cost (docs/engineering/benchmark.md):
 
-- :mod:`proxy.cache.stored` sends a stored body's head with ``MSG_MORE`` ahead of the
+- :mod:`proxy.cache.file_response` sends a stored body's head with ``MSG_MORE`` ahead of the
   body's ``sendfile``: aiohttp keeps the serialised head in its writer
   (:class:`HeldHead`), and :func:`take_head` takes it from there;
 - :mod:`proxy.server` answers repeated hits in aiohttp's own protocol before its parser

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web, web_protocol
 
 from proxy import internals, server
-from proxy.cache import stored
+from proxy.cache import file_response
 from tests.support import eventually_async
 
 # -- the held head: internals.HeldHead, internals.take_head ----------------------------
@@ -55,7 +55,7 @@ async def test_take_head_takes_a_held_head_that_is_then_sent_by_hand(
 def test_held_head_overrides_the_attribute_stream_responses_have() -> None:
     assert web.StreamResponse._send_headers_immediately is True
     assert internals.HeldHead._send_headers_immediately is False
-    assert issubclass(stored.StoredBody, internals.HeldHead)
+    assert issubclass(file_response.StoredBody, internals.HeldHead)
 
 
 def test_the_pinned_minor_versions() -> None:

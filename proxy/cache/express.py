@@ -37,9 +37,9 @@ from typing import Any
 
 from aiohttp import HttpVersion11, web
 
+from proxy.cache.file_response import StoredBody
 from proxy.cache.policy import Policy
 from proxy.cache.store import Hit
-from proxy.cache.stored import StoredBody
 from proxy.exchange import REQUEST_ID, Exchange
 from proxy.lru import LRU
 

@@ -23,10 +23,10 @@ from multidict import CIMultiDict
 
 from proxy import compression, responses
 from proxy.cache import partial
+from proxy.cache.file_response import JOIN_BELOW, StoredBody
 from proxy.cache.fill import file_chunks
 from proxy.cache.heads import Heads
 from proxy.cache.store import Hit, Meta, Store
-from proxy.cache.stored import JOIN_BELOW, StoredBody
 from proxy.cache.variants import MAX_SOURCE, Variants, weak
 from proxy.errors import RangeNotSatisfiable
 from proxy.exchange import Exchange

@@ -15,9 +15,9 @@ from typing import BinaryIO
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.cache.file_response import StoredBody
 from proxy.cache.ranges import ByteRange, content_range, if_range_holds, requested
 from proxy.cache.store import Hit
-from proxy.cache.stored import StoredBody
 from proxy.dicomweb import multipart
 from proxy.errors import RangeNotSatisfiable
 

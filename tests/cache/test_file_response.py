@@ -1,4 +1,4 @@
-"""Stored bodies on the wire: head with MSG_MORE, body with sendfile (proxy.cache.stored,
+"""Stored bodies on the wire: head with MSG_MORE, body with sendfile (proxy.cache.file_response,
 through proxy.internals)."""
 
 from __future__ import annotations

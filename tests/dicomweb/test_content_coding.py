@@ -67,8 +67,8 @@ ORTHANC_HOST = b"http://localhost/dicom-web"  # Debian's DicomWeb.Host, no port
 FOREIGN = "http://archive.internal:8042/dicom-web"
 BOUNDARY = "canned-0123456789"
 INSTANCE_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
-# Enough instances for a study metadata document over 1 MiB: hits of it are rewritten
-# while streamed from the file (proxy.cache.stored.SENDFILE_FROM), URLs across chunks.
+# Enough instances for a study metadata document over 1 MiB: its miss is rewritten as it
+# streams, in 256 KiB chunks with URLs across their edges (proxy.responses.relay).
 INSTANCES = 3000
 
 
