@@ -76,16 +76,16 @@ def _storage(settings: Settings) -> Result:
 
 
 async def _round_trip(settings: Settings, upstream: Upstream) -> list[Result]:
-    url = (upstream.base / "studies").with_query(limit="1")
     started = time.monotonic()
     try:
-        async with upstream.request("GET", url, {"Accept": "application/dicom+json"}) as response:
+        async with upstream.probe() as response:
             elapsed = f"{(time.monotonic() - started) * 1000:.0f} ms"
             reached = Result("upstream", True, f"HTTP {response.status} in {elapsed}")
             if response.status in (401, 403):
                 return [Result("upstream", False, _refusal(settings, response.status))]
             if response.status >= 300:
-                return [reached, Result("qido", False, f"HTTP {response.status} from {url}")]
+                answer = f"HTTP {response.status} from {response.url}"
+                return [reached, Result("qido", False, answer)]
             body = await read_at_most(iter_body(response), _QIDO_LIMIT)
             if body is None:
                 return [reached, Result("qido", False, "answer larger than 1 MiB")]

@@ -49,12 +49,9 @@ class Readiness:
         return data_paths(self._settings)
 
     async def _probe_upstream(self) -> str:
-        """One QIDO-RS query with the configured auth: the cheapest real round trip."""
-        url = self._upstream.base / "studies"
+        """``Upstream.probe``: its status, or what went wrong."""
         try:
-            async with self._upstream.request(
-                "GET", url.with_query(limit="1"), {"Accept": "application/dicom+json"}
-            ) as response:
+            async with self._upstream.probe() as response:
                 return "ok" if response.status < 300 else f"HTTP {response.status}"
         except UpstreamError as exc:
             return exc.title

@@ -174,6 +174,12 @@ class Upstream:
         for observer in self.observers:
             observer(status, elapsed)
 
+    def probe(self) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """One QIDO-RS query for at most one study with the configured credential: the
+        cheapest real round trip (``check`` and ``/readyz``)."""
+        url = (self.base / "studies").with_query(limit="1")
+        return self.request("GET", url, {"Accept": "application/dicom+json"})
+
     async def close(self) -> None:
         await self.session.close()
         if self.credentials is not None:
