@@ -5,11 +5,20 @@ from __future__ import annotations
 import asyncio
 import socket
 
+# Ports handed out by this process: one given but not bound yet (a balancer's front
+# port, chosen before its replicas start) could otherwise be given again.
+_GIVEN: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, never one this process was given before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 async def wait_port(port: int, timeout: float = 20.0) -> None:

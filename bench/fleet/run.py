@@ -126,15 +126,20 @@ class Fleet:
             Replica(f"proxy-{i}", upstream, public, workdir / mode / f"proxy-{i}")
             for i in range(REPLICAS)
         ]
-        for replica in replicas:
-            replica.launch()
-        for replica in replicas:
-            replica.wait()
-        config = HAPROXY_CONFIG.read_text()
-        if mode == "roundrobin":
-            config = round_robin(config)
-        balancer = Haproxy(config, replicas, port=port, check_inter=plan.check_inter)
-        fleet = cls(mode, replicas, balancer.start(), workdir)
+        try:
+            for replica in replicas:
+                replica.launch()
+            for replica in replicas:
+                replica.wait()
+            config = HAPROXY_CONFIG.read_text()
+            if mode == "roundrobin":
+                config = round_robin(config)
+            balancer = Haproxy(config, replicas, port=port, check_inter=plan.check_inter)
+            fleet = cls(mode, replicas, balancer.start(), workdir)
+        except BaseException:
+            for replica in replicas:  # none is left running when the fleet cannot start
+                replica.stop()
+            raise
         for replica in replicas:
             balancer.wait_state(replica.name, "UP")
         return fleet
