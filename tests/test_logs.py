@@ -430,3 +430,27 @@ async def test_a_request_that_reached_no_handler_is_not_accounted(
     writer.close()
     assert await _then_one_more(app, server.port) == []
     assert _requests_counted(app) == 1
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /later HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /later HTTP/1.0\r\n\r\n",  # HTTP/1.0: closed after the answer
+    ],
+)
+async def test_a_connection_closed_after_its_answer_is_logged_with_its_status(
+    aiohttp_server: Callable[..., object], request_bytes: bytes
+) -> None:
+    """The access logger reports 499 when the connection closed before the end; one
+    that closes because the client asked for it is still a 200."""
+    app = _accounting_app()
+    server = await _serve(aiohttp_server, app, {})
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(request_bytes)
+    answer = await reader.read()
+    writer.close()
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 200 OK")
+    await eventually_async(lambda: app[state.RECENT], message="the request was not recorded")
+    (record,) = app[state.RECENT]
+    assert (record["status"], record["path"]) == (200, "/later")
