@@ -7,6 +7,7 @@ WAN relay and the counting relay run as ``python -m bench.wan`` / ``bench.counte
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -38,14 +39,17 @@ def wait_port(
 
 
 class Process:
-    """A ``python -m MODULE ARGS`` child listening on ``port``."""
+    """A ``python -m MODULE ARGS`` child listening on ``port``; with ``tree``, the module
+    is imported from that checkout instead of this one (``bench.ab``)."""
 
-    def __init__(self, module: str, args: list[str], port: int) -> None:
+    def __init__(self, module: str, args: list[str], port: int, tree: Path | None = None) -> None:
         self.port = port
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree)} if tree else None,
         )
         wait_port(port, process=self.process)
 
@@ -64,13 +68,15 @@ class Process:
 class Proxy(Process):
     """The proxy under test, with an admin token so the harness can read and purge it."""
 
-    def __init__(self, upstream: str, *extra: str, module: str = "proxy") -> None:
+    def __init__(
+        self, upstream: str, *extra: str, module: str = "proxy", tree: Path | None = None
+    ) -> None:
         self.data_dir = tempfile.TemporaryDirectory(prefix="bench-proxy-")
         port = free_port()
         args = ["serve", "--upstream-url", upstream, "--listen", f"127.0.0.1:{port}"]
         args += ["--data-dir", self.data_dir.name, "--admin-token", ADMIN_TOKEN]
         args += ["--log-level", "warning", *extra]
-        super().__init__(module, args, port)
+        super().__init__(module, args, port, tree)
 
     def processes(self) -> int:
         """How many processes serve: 1, or 1 + workers when ``--workers`` forks."""

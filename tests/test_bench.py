@@ -187,3 +187,24 @@ def test_settle_waits_for_a_target_still_working(tmp_path: Path) -> None:
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_a_process_from_another_checkout_imports_that_checkouts_code(tmp_path: Path) -> None:
+    """bench.ab runs each proxy from its own tree: the module found is the tree's."""
+    from bench.servers import Process
+    from harness.net import free_port
+
+    tree, seen = tmp_path / "tree", tmp_path / "seen"
+    tree.mkdir()
+    (tree / "listener.py").write_text(
+        "import pathlib, socket, sys, time\n"
+        f"pathlib.Path({str(seen)!r}).write_text(__file__)\n"
+        "server = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+        "time.sleep(30)\n"
+    )
+    port = free_port()
+    process = Process("listener", [str(port)], port, tree)
+    try:
+        assert Path(seen.read_text()).parent == tree
+    finally:
+        process.stop()
