@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -26,6 +26,7 @@ from harness.dicomgen import Study
 from harness.net import free_port
 from proxy import server
 from proxy.app import create_app
+from proxy.dicomweb.multipart import MultipartReader
 from proxy.settings import Settings
 
 T = TypeVar("T")
@@ -184,3 +185,29 @@ def multipart_stow(study: Study, boundary: str = "client-boundary") -> tuple[byt
         + f"--{boundary}--\r\n".encode()
     )
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+async def pieces(data: bytes, sizes: list[int]) -> AsyncIterator[bytes]:
+    """``data`` in pieces of ``sizes`` in turn (the whole of it when ``sizes`` is empty):
+    a body as the network may cut it."""
+    start, index = 0, 0
+    while start < len(data):
+        size = sizes[index % len(sizes)] if sizes else len(data)
+        yield data[start : start + size]
+        start += size
+        index += 1
+
+
+async def read_multipart(
+    data: bytes, boundary: str, sizes: list[int]
+) -> list[tuple[dict[str, str], bytes]]:
+    """Every part of a multipart body read through the proxy's streaming reader, the
+    body arriving in pieces of ``sizes``."""
+    reader = MultipartReader(pieces(data, sizes), boundary)
+    parts = []
+    while (headers := await reader.next_part()) is not None:
+        body = b""
+        while chunk := await reader.read():
+            body += chunk
+        parts.append((headers, body))
+    return parts

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxy.dicomweb import media, multipart, stow_encoding, stow_response
-from proxy.dicomweb.multipart import MultipartReader
 from proxy.dicomweb.rewrite import Rewriter, carries_urls
 from proxy.dicomweb.stow_response import (
     BatchReport,
@@ -34,6 +32,7 @@ from proxy.dicomweb.uri import InvalidPath, Level, Transaction, check_path, clas
 from proxy.errors import MalformedBody
 from proxy.stow.parts import Kind
 from proxy.stow.spool import kind_of
+from tests.support import read_multipart
 
 FAST = settings(
     max_examples=200,
@@ -130,28 +129,8 @@ def test_boundary_of_is_valid_or_malformed(value: str) -> None:
 # -- multipart ----------------------------------------------------------------------------
 
 
-async def _chunks(data: bytes, sizes: list[int]) -> AsyncIterator[bytes]:
-    start, index = 0, 0
-    while start < len(data):
-        size = sizes[index % len(sizes)] if sizes else len(data)
-        yield data[start : start + size]
-        start += size
-        index += 1
-
-
-async def _read(data: bytes, boundary: str, sizes: list[int]) -> list[tuple[dict[str, str], bytes]]:
-    reader = MultipartReader(_chunks(data, sizes), boundary)
-    parts = []
-    while (headers := await reader.next_part()) is not None:
-        body = b""
-        while chunk := await reader.read():
-            body += chunk
-        parts.append((headers, body))
-    return parts
-
-
 def read_parts(data: bytes, boundary: str, sizes: list[int]) -> list[tuple[dict[str, str], bytes]]:
-    return asyncio.run(_read(data, boundary, sizes))
+    return asyncio.run(read_multipart(data, boundary, sizes))
 
 
 CHUNKINGS = st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=5)

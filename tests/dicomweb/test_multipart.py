@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from proxy.dicomweb import multipart
 from proxy.dicomweb.media import parse_media_type
 from proxy.dicomweb.multipart import MultipartReader, boundary_of
 from proxy.errors import MalformedBody
+from tests.support import pieces, read_multipart
 
 CHUNK_SIZES = [1, 3, 17, 4096]
 
 
-async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
-
-
 async def read_all(data: bytes, boundary: str, size: int) -> list[tuple[dict[str, str], bytes]]:
-    reader = MultipartReader(chunked(data, size), boundary)
-    parts = []
-    while (headers := await reader.next_part()) is not None:
-        body = b""
-        while chunk := await reader.read():
-            body += chunk
-        parts.append((headers, body))
-    return parts
+    return await read_multipart(data, boundary, [size])
 
 
 @pytest.mark.parametrize(
@@ -124,7 +111,7 @@ async def test_malformed_bodies_say_what_is_wrong(name: str, body: bytes, messag
 async def test_large_part_streams_in_bounded_chunks() -> None:
     payload = bytes(range(256)) * 8192  # 2 MiB
     body = b"--B\r\n\r\n" + payload + b"\r\n--B--\r\n"
-    reader = MultipartReader(chunked(body, 65536), "B")
+    reader = MultipartReader(pieces(body, [65536]), "B")
     assert await reader.next_part() == {}
     received = bytearray()
     while chunk := await reader.read():
@@ -136,7 +123,7 @@ async def test_large_part_streams_in_bounded_chunks() -> None:
 
 async def test_skipping_an_unread_part() -> None:
     body = b"--B\r\n\r\nfirst\r\n--B\r\nA: 2\r\n\r\nsecond\r\n--B--"
-    reader = MultipartReader(chunked(body, 4), "B")
+    reader = MultipartReader(pieces(body, [4]), "B")
     assert await reader.next_part() == {}
     assert await reader.next_part() == {"a": "2"}
 
