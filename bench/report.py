@@ -162,7 +162,27 @@ def wan_table(wan: dict[str, Any]) -> list[str]:
         f"| proxy, warm | {wan['warm']:.2f} s | {_ratio(wan['direct'], wan['warm'])} |",
         f"| slice by slice, direct | {slices} | {'n/a' if slices == 'n/a' else '1.00×'} |",
         f"| slice by slice, proxy `--prefetch series`, cold | {prefetch} | {speedup} |",
+        "",
+        *wan_metadata_table(wan.get("metadata", {})),
     ]
+
+
+def wan_metadata_table(metadata: dict[str, dict[str, float]]) -> list[str]:
+    """Study metadata cold: the proxy asks the upstream for gzip whatever the client asks."""
+    lines = [
+        "Study metadata cold (the proxy's cache emptied before each request; a new connection"
+        " each): the proxy asks Orthanc for gzip over the WAN whatever the client asks.",
+        "",
+        "| client | direct | proxy, cold | speed-up | KiB direct / from the proxy |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in metadata.items():
+        lines.append(
+            f"| {name} | {row['direct']:.3f} s | {row['cold']:.3f} s "
+            f"| {_ratio(row['direct'], row['cold'])} "
+            f"| {row['direct_bytes'] / 1024:.0f} / {row['cold_bytes'] / 1024:.0f} |"
+        )
+    return lines
 
 
 def rss_table(rss: list[dict[str, Any]]) -> list[str]:
@@ -212,6 +232,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     wan, stow = results["wan"], results["stow"]
     warm = wan["direct"] / wan["warm"]
     prefetch = None if wan["prefetch"] is None else wan["direct_slices"] / wan["prefetch"]
+    plain = wan.get("metadata", {}).get("no coding asked (curl)")
+    metadata = None if plain is None else plain["direct"] / plain["cold"]
     stow_ratio = stow["mib_s"]["proxy"] / stow["mib_s"]["orthanc"]
     tp, to = through["proxy --no-cache"].rps, through["orthanc"].rps
     cpu_ok = None if cpu_p is None or cpu_n is None else cpu_p <= cpu_n
@@ -243,6 +265,11 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             "WAN cold slice-by-slice, --prefetch series ≥ 2 × direct",
             "n/a" if prefetch is None else f"{prefetch:.1f}×",
             _verdict(None if prefetch is None else prefetch >= 2),
+        ),
+        (
+            "WAN study metadata cold ≥ 3 × direct (upstream gzips; client asks no coding)",
+            "n/a" if metadata is None else f"{metadata:.1f}×",
+            _verdict(None if metadata is None else metadata >= 3),
         ),
         (
             "STOW split into batches, all stored, ≥ 0.9 × direct",

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import data, hits, paired, rss, servers, stow, viewer
+from bench import clients, data, hits, paired, rss, servers, stow, viewer
 from bench.burst import burst, percentile
 from bench.nginx import Nginx
 from bench.servers import Proxy
@@ -323,12 +323,50 @@ def section_wan(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) ->
                 f"  round {number + 1}/{plan.wan_rounds} WAN load: direct {times['direct'][-1]:.2f}"
                 f" s, cold {times['cold'][-1]:.2f} s, warm {times['warm'][-1]:.2f} s"
             )
+        metadata = _section_metadata(plan, upstream, proxy, study, log)
         prefetch = _section_prefetch(plan, upstream, study, log)
     finally:
         proxy.stop()
         link.stop()
     result: dict[str, Any] = {name: statistics.median(found) for name, found in times.items()}
-    return {**result, **prefetch}
+    return {**result, **prefetch, "metadata": metadata}
+
+
+# Study metadata cold over the WAN, for a client that asks for no coding (curl) and for
+# one that asks gzip itself (Chromium): the upstream's gzip is the proxy's to gain only
+# for the first (SPEC section 8).
+WAN_METADATA = {
+    "no coding asked (curl)": {"Accept": data.METADATA_ACCEPT},
+    "gzip asked (Chromium)": clients.OHIF_METADATA,
+}
+
+
+def _section_metadata(
+    plan: Plan, upstream: str, proxy: Proxy, study: data.StudySet, log: Log
+) -> dict[str, dict[str, float]]:
+    """Study metadata, direct over the WAN vs through the proxy with its cache emptied."""
+    found: dict[str, dict[str, list[float]]] = {
+        name: {"direct": [], "cold": [], "direct_bytes": [], "cold_bytes": []}
+        for name in WAN_METADATA
+    }
+    for number in range(plan.wan_rounds):
+        for name, headers in WAN_METADATA.items():
+            seconds, size = asyncio.run(viewer.time_metadata(upstream, study.uid, headers))
+            found[name]["direct"].append(seconds)
+            found[name]["direct_bytes"].append(size)
+            proxy.admin("DELETE")
+            base = proxy.url + "/dicom-web"
+            seconds, size = asyncio.run(viewer.time_metadata(base, study.uid, headers))
+            found[name]["cold"].append(seconds)
+            found[name]["cold_bytes"].append(size)
+            log(
+                f"  round {number + 1}/{plan.wan_rounds} study metadata, {name}: direct "
+                f"{found[name]['direct'][-1]:.3f} s, proxy cold {found[name]['cold'][-1]:.3f} s"
+            )
+    return {
+        name: {key: statistics.median(values) for key, values in row.items()}
+        for name, row in found.items()
+    }
 
 
 def _section_prefetch(plan: Plan, upstream: str, study: data.StudySet, log: Log) -> dict[str, Any]:

@@ -46,6 +46,20 @@ async def _instance(session: aiohttp.ClientSession, url: str) -> int:
         return received
 
 
+async def time_metadata(base: str, study: str, headers: dict[str, str]) -> tuple[float, int]:
+    """(seconds, bytes on the wire) of one study metadata request sent with exactly
+    ``headers`` on a new connection (no ``Accept-Encoding`` unless ``headers`` has one,
+    as curl sends it; the body is not decoded)."""
+    session = aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("Accept-Encoding",))
+    async with session:
+        began = time.perf_counter()
+        async with session.get(f"{base}/studies/{study}/metadata", headers=headers) as response:
+            if response.status != 200:
+                raise RuntimeError(f"{base} answered {response.status} for study metadata")
+            body = await response.read()
+        return time.perf_counter() - began, len(body)
+
+
 async def load_study(base: str, study: str, *, concurrency: int = 6) -> tuple[float, int]:
     """(seconds, bytes) to fetch ``base``'s study metadata and then all its instances."""
     connector = aiohttp.TCPConnector(limit=concurrency)

@@ -208,3 +208,20 @@ def test_a_process_from_another_checkout_imports_that_checkouts_code(tmp_path: P
         assert Path(seen.read_text()).parent == tree
     finally:
         process.stop()
+
+
+def test_metadata_timing_sends_exactly_the_clients_headers(fake: FakeUpstream) -> None:
+    """curl's request carries no Accept-Encoding (aiohttp would add its own), Chromium's
+    its four codings; what is counted is the body as it came over the wire."""
+    from bench.viewer import time_metadata
+
+    fake.route(
+        "GET", "/dicom-web/studies/1/metadata", Answer(body="[" + "{}," * 999 + "{}]", gzip=True)
+    )
+    for headers in ({"Accept": "application/dicom+json"}, clients.OHIF_METADATA):
+        seconds, size = asyncio.run(time_metadata(fake.dicomweb, "1", headers))
+        sent = fake.received[-1].headers
+        assert sent.get("Accept-Encoding") == headers.get("Accept-Encoding")
+        assert sent["Accept"] == "application/dicom+json"
+        assert 0 < size < 4000 - 1  # gzipped, not decoded
+        assert seconds > 0
