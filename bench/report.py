@@ -64,6 +64,38 @@ def hits_table(hits: dict[str, Any]) -> list[str]:
     return lines
 
 
+FLOOR = "Python floor"  # bench.run's name for bench.floors' servers
+FLOOR_NOTE = (
+    "The floor (`bench/floors.py`), measured in the same alternating rounds: the least a "
+    "Python server does of the same work. For hits, an asyncio protocol that answers every "
+    "request with the proxy's answer by `sendfile`, parsing nothing and keeping no cache, "
+    "metrics or log; for pass-through, a bare aiohttp relay (path and `Accept` through, "
+    "the body streamed back). What the proxy costs above it is its own work; what the "
+    "floor costs above nginx is Python's, and no change to the proxy takes it away."
+)
+
+
+def floor_table(
+    rows: dict[str, dict[str, Any]], ours: str, theirs: str, *, note: bool = True
+) -> list[str]:
+    """Proxy, nginx and the floor side by side, for the rows that ran the floor."""
+    lines = [
+        FLOOR_NOTE if note else "The floor, as in section 1:",
+        "",
+        "| workload | req/s proxy / nginx / floor | CPU µs/req proxy / nginx / floor |",
+        "|---|---|---|",
+    ]
+    for name, by_target in rows.items():
+        if name.startswith("added") or FLOOR not in by_target:
+            continue
+        p, n, f = by_target[ours], by_target[theirs], by_target[FLOOR]
+        lines.append(
+            f"| {name} | {p.rps:.0f} / {n.rps:.0f} / {f.rps:.0f} "
+            f"| {_cpu(p)} / {_cpu(n)} / {_cpu(f)} |"
+        )
+    return lines
+
+
 def workers_table(workers: dict[str, Any] | None) -> list[str]:
     if workers is None:
         return ["2 workers vs 2 nginx workers: n/a (`--workers` does not fork in this build)."]
@@ -238,6 +270,11 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     tp, to = through["proxy --no-cache"].rps, through["orthanc"].rps
     cpu_ok = None if cpu_p is None or cpu_n is None else cpu_p <= cpu_n
     cpu_text = "n/a" if cpu_ok is None else f"{cpu_p:.0f} vs {cpu_n:.0f} µs"
+    if FLOOR in hit and hit[FLOOR].cpu_us is not None:
+        cpu_text += f" (Python floor {hit[FLOOR].cpu_us:.0f})"
+    pass_text = f"{tp / to:.2f}× vs {nginx_pass:.2f}×"
+    if FLOOR in through:
+        pass_text += f" (Python floor {through[FLOOR].rps / to:.2f}×)"
     return [
         ("hit 512 KiB: CPU per request ≤ nginx's", cpu_text, _verdict(cpu_ok)),
         ("hit 512 KiB ≥ 0.8 × nginx, 1 worker", f"{p / n:.2f}×", _verdict(p / n >= 0.8)),
@@ -254,7 +291,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         ),
         (
             "pass-through ≥ nginx's own pass-through ratio",
-            f"{tp / to:.2f}× vs {nginx_pass:.2f}×",
+            pass_text,
             _verdict(tp / to >= nginx_pass),
         ),
         ("pass-through ≥ 0.9 × direct (goal)", f"{tp / to:.2f}×", _verdict(tp / to >= 0.9)),
@@ -316,11 +353,15 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "",
         *workers_table(results["hits"]["workers2"]),
         "",
+        *floor_table(results["hits"]["results"], "proxy", "nginx"),
+        "",
         "![cache-hit throughput](throughput.png)",
         "",
         "## 2. Miss / pass-through",
         "",
         *pass_table(results["pass"]),
+        "",
+        *floor_table(results["pass"], "proxy --no-cache", "nginx, no cache", note=False),
         "",
         "## 3. Concurrent misses for one instance (single flight)",
         "",
@@ -351,7 +392,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     hits = results["hits"]["results"]
     figure, axes = plt.subplots(1, len(hits), figsize=(4 * len(hits), 4))
-    colours = {"proxy": "#2b6cb0", "nginx": "#38a169", "orthanc": "#a0aec0"}
+    colours = {"proxy": "#2b6cb0", "nginx": "#38a169", "orthanc": "#a0aec0", FLOOR: "#ed8936"}
     for axis, (name, by_target) in zip(axes, hits.items(), strict=True):
         names = list(by_target)
         values = [by_target[target].rps for target in names]

@@ -7,6 +7,7 @@ rounds and stops them; results are plain dicts that :mod:`bench.report` renders.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import clients, data, hits, paired, rss, servers, stow, viewer
+from bench import clients, data, floors, hits, paired, rss, servers, stow, viewer
 from bench.burst import burst, percentile
 from bench.nginx import Nginx
 from bench.servers import Proxy
@@ -25,6 +26,9 @@ from harness.net import free_port
 from harness.orthanc import Orthanc
 
 Log = Callable[[str], None]
+
+# The least a Python server does of the same (bench.floors), beside the proxy and nginx.
+FLOOR = "Python floor"
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,13 @@ def body_size(url: str, accept: str) -> int:
 # -- sections 1 and 2 -------------------------------------------------------------------
 
 
-def _run_hits(plan: Plan, targets: dict[str, str], loads: list[hits.Workload], log: Log):  # type: ignore[no-untyped-def]
+def _run_hits(
+    plan: Plan, targets: dict[str, str], loads: list[hits.Workload], log: Log, extra=None
+):  # type: ignore[no-untyped-def]
+    """``extra``: more targets for some workloads, by workload name."""
     return {
         load.name: hits.alternate(
-            targets,
+            {**targets, **(extra or {}).get(load.name, {})},
             load,
             rounds=plan.rounds,
             seconds=plan.seconds,
@@ -93,23 +100,20 @@ def _run_hits(plan: Plan, targets: dict[str, str], loads: list[hits.Workload], l
 def section_hits(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -> dict[str, Any]:
     loads = hits.workloads(study)
     sizes = {load.name: body_size(orthanc.url + load.paths[0], load.accept) for load in loads}
-    proxy = Proxy(orthanc.dicomweb)
-    try:
+    with contextlib.ExitStack() as started:
+        proxy = Proxy(orthanc.dicomweb)
+        started.callback(proxy.stop)
         nginx = start_nginx(orthanc.port)
-    except BaseException:
-        proxy.stop()
-        raise
-    try:
+        started.callback(nginx.stop)
         codings = {load.name: warm_both(proxy, nginx, load, log) for load in loads}
         targets = {
             "proxy": hits.Target(proxy.url, proxy.pids),
             "nginx": hits.Target(nginx.url, nginx.pids),
             "orthanc": hits.Target(orthanc.url, orthanc_pids(orthanc)),
         }
-        results = _run_hits(plan, targets, loads, log)
-    finally:
-        proxy.stop()
-        nginx.stop()
+        large = next(load for load in loads if load.name.startswith("512"))
+        floor = _hit_floor(proxy, large, started)
+        results = _run_hits(plan, targets, loads, log, {large.name: {FLOOR: floor}})
     return {
         "sizes": sizes,
         "codings": codings,
@@ -117,6 +121,15 @@ def section_hits(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
         "results": results,
         "workers2": section_workers(plan, orthanc, loads, log),
     }
+
+
+def _hit_floor(proxy: Proxy, load: hits.Workload, started: contextlib.ExitStack) -> hits.Target:
+    """bench.floors' hit server, answering the warm proxy's answer for ``load``."""
+    scratch = started.enter_context(tempfile.TemporaryDirectory(prefix="bench-floor-"))
+    files = floors.hit_files(proxy.url + load.paths[0], load.headers, Path(scratch))
+    floor = servers.hit_floor(*files)
+    started.callback(floor.stop)
+    return hits.Target(floor.url, lambda: [floor.pid])
 
 
 def warm_both(proxy: Proxy, nginx: Nginx, load: hits.Workload, log: Log) -> str:
@@ -173,10 +186,12 @@ def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
     instances = next(load for load in loads if load.name.startswith("512"))
     metadata = next(load for load in loads if load.name.startswith("study"))
     proxy = Proxy(orthanc.dicomweb, "--no-cache")
+    relay = servers.relay_floor(orthanc.url)
     try:
         nginx = start_nginx(orthanc.port)
     except BaseException:
         proxy.stop()
+        relay.stop()
         raise
     try:
         targets = {
@@ -184,12 +199,14 @@ def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
             "nginx, no cache": hits.Target(nginx.url + "/nocache", nginx.pids),
             "orthanc": hits.Target(orthanc.url, orthanc_pids(orthanc)),
         }
+        # The floor relays bulk only: it neither decodes nor gzips metadata as the proxy does.
+        bulk = {**targets, FLOOR: hits.Target(relay.url, lambda: [relay.pid])}
         common = {"rounds": plan.rounds, "seconds": plan.seconds, "progress": log}
-        throughput = hits.alternate(targets, instances, connections=plan.connections, **common)  # type: ignore[arg-type]
+        throughput = hits.alternate(bulk, instances, connections=plan.connections, **common)  # type: ignore[arg-type]
         # curl's headers (no Accept-Encoding): Orthanc direct then compresses nothing
         # either, the figure that cannot flatter an intermediary asking for identity.
         plain = hits.Workload(instances.name, instances.paths, {"Accept": instances.accept})
-        identity = hits.alternate(targets, plain, connections=plan.connections, **common)  # type: ignore[arg-type]
+        identity = hits.alternate(bulk, plain, connections=plan.connections, **common)  # type: ignore[arg-type]
         latency = hits.alternate(targets, metadata, connections=1, **common)  # type: ignore[arg-type]
         log(f"added latency: {plan.pairs} pairs of study-metadata requests per target")
         urls = {name: target.url for name, target in targets.items() if name != "orthanc"}
@@ -199,6 +216,7 @@ def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
     finally:
         proxy.stop()
         nginx.stop()
+        relay.stop()
     log(f"added latency in front of an instant origin: {plan.pairs} pairs per target")
     instant = added_instantly(orthanc, metadata, plan.pairs)
     return {

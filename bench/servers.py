@@ -106,6 +106,18 @@ def wan(target_port: int, *, delay_ms: float = 25.0, rate_mbit: float = 100.0) -
     return Process("bench.wan", args, port)
 
 
+def hit_floor(body: Path, head: Path) -> Process:
+    """``bench.floors``' hit server: ``body`` after ``head`` for every request."""
+    port = free_port()
+    return Process("bench.floors", ["hit", str(port), str(body), str(head)], port)
+
+
+def relay_floor(origin: str) -> Process:
+    """``bench.floors``' bare aiohttp relay in front of the server at ``origin``."""
+    port = free_port()
+    return Process("bench.floors", ["relay", str(port), origin], port)
+
+
 def counter(target_url: str) -> Process:
     port = free_port()
     return Process("bench.counter", [str(port), target_url], port)

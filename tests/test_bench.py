@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -225,3 +226,47 @@ def test_metadata_timing_sends_exactly_the_clients_headers(fake: FakeUpstream) -
         assert sent["Accept"] == "application/dicom+json"
         assert 0 < size < 4000 - 1  # gzipped, not decoded
         assert seconds > 0
+
+
+def test_hit_floor_answers_every_request_on_a_connection_with_its_file(tmp_path: Path) -> None:
+    """Bigger than a socket buffer, so the rest goes by loop.sendfile and the next
+    request on the connection waits for it."""
+    import http.client
+
+    from bench import servers
+
+    body = tmp_path / "body"
+    body.write_bytes(os.urandom(8 * 1024 * 1024))
+    head = tmp_path / "head"
+    head.write_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % body.stat().st_size)
+    floor = servers.hit_floor(body, head)
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", floor.port, timeout=10)
+        for path in ("/a", "/b"):
+            connection.request("GET", path)
+            assert connection.getresponse().read() == body.read_bytes()
+        connection.close()
+    finally:
+        floor.stop()
+
+
+def test_relay_floor_passes_path_accept_and_body(fake: FakeUpstream) -> None:
+    from bench import servers
+
+    fake.route(
+        "GET",
+        "/dicom-web/studies/1",
+        Answer(body=b"x" * 300_000, headers={"Content-Type": "application/dicom"}),
+    )
+    relay = servers.relay_floor(fake.url)
+    try:
+        request = urllib.request.Request(
+            relay.url + "/dicom-web/studies/1", headers={"Accept": "application/dicom"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.read() == b"x" * 300_000
+            assert answer.headers["Content-Type"] == "application/dicom"
+    finally:
+        relay.stop()
+    assert fake.received[-1].headers["Accept"] == "application/dicom"
+    assert fake.received[-1].headers["Accept-Encoding"] == "identity"
