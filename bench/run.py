@@ -341,7 +341,8 @@ def section_wan(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) ->
                 f"  round {number + 1}/{plan.wan_rounds} WAN load: direct {times['direct'][-1]:.2f}"
                 f" s, cold {times['cold'][-1]:.2f} s, warm {times['warm'][-1]:.2f} s"
             )
-        metadata = _section_metadata(plan, upstream, proxy, study, log)
+        metadata = {LINKS[0]: _section_metadata(plan, upstream, proxy, study, log)}
+        metadata[LINKS[1]] = _metadata_slow_start(plan, orthanc, study, log)
         prefetch = _section_prefetch(plan, upstream, study, log)
     finally:
         proxy.stop()
@@ -357,6 +358,24 @@ WAN_METADATA = {
     "no coding asked (curl)": {"Accept": data.METADATA_ACCEPT},
     "gzip asked (Chromium)": clients.OHIF_METADATA,
 }
+
+
+# The study metadata rows run on both: the rows above on the first.
+LINKS = ("delay + rate", "delay + rate + TCP slow start")
+
+
+def _metadata_slow_start(
+    plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log
+) -> dict[str, dict[str, float]]:
+    """The same rows over a link that also keeps each connection's congestion window
+    (``bench.wan --slow-start``): a large answer then costs round trips, as on a WAN."""
+    link = servers.wan(orthanc.port, slow_start=True)
+    proxy = Proxy(link.url + "/dicom-web")
+    try:
+        return _section_metadata(plan, link.url + "/dicom-web", proxy, study, log)
+    finally:
+        proxy.stop()
+        link.stop()
 
 
 def _section_metadata(

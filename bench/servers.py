@@ -100,9 +100,12 @@ class Proxy(Process):
         self.data_dir.cleanup()
 
 
-def wan(target_port: int, *, delay_ms: float = 25.0, rate_mbit: float = 100.0) -> Process:
+def wan(
+    target_port: int, *, delay_ms: float = 25.0, rate_mbit: float = 100.0, slow_start: bool = False
+) -> Process:
     port = free_port()
     args = [str(port), str(target_port), f"--delay-ms={delay_ms}", f"--rate-mbit={rate_mbit}"]
+    args += ["--slow-start"] if slow_start else []
     return Process("bench.wan", args, port)
 
 

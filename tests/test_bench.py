@@ -20,7 +20,7 @@ from typing import Any
 from bench import clients, paired, wrk
 from bench.burst import percentile
 from bench.nginx import render
-from bench.wan import Link, WanRelay
+from bench.wan import Link, WanRelay, Window
 from tests.fake_upstream import Answer, FakeUpstream, Received
 
 
@@ -51,6 +51,49 @@ async def test_wan_relay_delays_each_direction_and_caps_the_rate() -> None:
     assert first + rest == payload
     assert round_trip >= 0.040  # 20 ms up + 20 ms down
     assert total >= 0.040 + len(payload) / 1_000_000  # 8 Mbit/s is 1 MB/s
+
+
+async def test_slow_start_makes_a_large_answer_cost_round_trips() -> None:
+    """300 kB from a window of 14.6 kB doubling per 40 ms round trip: 14.6 + 29.2 + ...
+    reaches 300 kB in the 5th round trip, so at least 4 round trips after the first byte
+    (rate high enough not to matter); a second answer on the same connection, sent
+    without an idle, has the grown window and needs none."""
+    payload = os.urandom(300_000)
+
+    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(4):
+            writer.write(payload)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(origin, "127.0.0.1", 0)
+    relay = WanRelay(
+        server.sockets[0].getsockname()[1], delay_ms=20, rate_mbit=10_000, slow_start=True
+    )
+    port = await relay.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        times = []
+        for _ in range(2):
+            writer.write(b"ping")
+            await reader.readexactly(1)
+            began = time.monotonic()
+            await reader.readexactly(len(payload) - 1)
+            times.append(time.monotonic() - began)
+        writer.close()
+    finally:
+        await relay.close()
+        server.close()
+    assert times[0] >= 4 * 0.040
+    assert times[1] < times[0] / 2
+
+
+def test_window_restarts_after_an_idle_longer_than_the_rto() -> None:
+    window = Window(rtt=0.05)
+    window.sent(14_600, arrives=time.monotonic())
+    assert window.open(time.monotonic() + 0.1) == 2 * 14_600  # acked: doubled
+    window.last_sent -= 1.0  # an idle second since
+    assert window.open(time.monotonic()) == 14_600
 
 
 def test_link_serialises_chunks_one_after_another() -> None:
