@@ -29,6 +29,7 @@ import aiohttp
 from aiohttp import web
 
 END_OF_HEAD = b"\r\n\r\n"
+NAME = "Python floor"  # its rows' name in the benchmark's results and report
 
 
 class HitFloor(asyncio.Protocol):

@@ -7,6 +7,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from bench import floors
+from bench.run import LINKS, PLAIN_CLIENT
+
 NOTE = (
     "Medians of alternating rounds (A B C, A B C, ...) on a 2-core machine: expect noise "
     "of ±10-20 % in req/s. wrk (2 threads) is the load generator in its own process, and "
@@ -64,7 +67,7 @@ def hits_table(hits: dict[str, Any]) -> list[str]:
     return lines
 
 
-FLOOR = "Python floor"  # bench.run's name for bench.floors' servers
+FLOOR = floors.NAME
 FLOOR_NOTE = (
     "The floor (`bench/floors.py`), measured in the same alternating rounds: the least a "
     "Python server does of the same work. For hits, an asyncio protocol that answers every "
@@ -270,7 +273,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     wan, stow = results["wan"], results["stow"]
     warm = wan["direct"] / wan["warm"]
     prefetch = None if wan["prefetch"] is None else wan["direct_slices"] / wan["prefetch"]
-    plain = {link: rows["no coding asked (curl)"] for link, rows in wan.get("metadata", {}).items()}
+    plain = {link: rows[PLAIN_CLIENT] for link, rows in wan.get("metadata", {}).items()}
     speedups = {link: row["direct"] / row["cold"] for link, row in plain.items()}
     metadata = speedups.get(WAN_JUDGED)
     metadata_text = " / ".join(f"{value:.1f}× ({link})" for link, value in speedups.items())
@@ -330,7 +333,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 SMALL = ("64 KiB instances", "study metadata (JSON)")
 # Judged on the link that keeps TCP's congestion window, as a WAN does.
-WAN_JUDGED = "delay + rate + TCP slow start"
+WAN_JUDGED = LINKS[1]
 
 
 def passing_ratio(through: dict[str, Any], name: str) -> float:

@@ -28,7 +28,7 @@ from harness.orthanc import Orthanc
 Log = Callable[[str], None]
 
 # The least a Python server does of the same (bench.floors), beside the proxy and nginx.
-FLOOR = "Python floor"
+FLOOR = floors.NAME
 
 
 @dataclass(frozen=True)
@@ -187,15 +187,13 @@ def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
     loads = hits.workloads(study)
     instances = next(load for load in loads if load.name.startswith("512"))
     metadata = next(load for load in loads if load.name.startswith("study"))
-    proxy = Proxy(orthanc.dicomweb, "--no-cache")
-    relay = servers.relay_floor(orthanc.url)
-    try:
+    with contextlib.ExitStack() as started:
+        proxy = Proxy(orthanc.dicomweb, "--no-cache")
+        started.callback(proxy.stop)
+        relay = servers.relay_floor(orthanc.url)
+        started.callback(relay.stop)
         nginx = start_nginx(orthanc.port)
-    except BaseException:
-        proxy.stop()
-        relay.stop()
-        raise
-    try:
+        started.callback(nginx.stop)
         targets = {
             "proxy --no-cache": hits.Target(proxy.url, proxy.pids),
             "nginx, no cache": hits.Target(nginx.url + "/nocache", nginx.pids),
@@ -215,10 +213,6 @@ def section_pass(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) -
         added = paired.added_latency(
             orthanc.url, urls, metadata.paths[0], metadata.accept, pairs=plan.pairs
         )
-    finally:
-        proxy.stop()
-        nginx.stop()
-        relay.stop()
     log(f"added latency in front of an instant origin: {plan.pairs} pairs per target")
     instant = added_instantly(orthanc, metadata, plan.pairs)
     return {
@@ -356,13 +350,12 @@ def section_wan(plan: Plan, orthanc: Orthanc, study: data.StudySet, log: Log) ->
 # Study metadata cold over the WAN, for a client that asks for no coding (curl) and for
 # one that asks gzip itself (Chromium): the upstream's gzip is the proxy's to gain only
 # for the first (SPEC section 8).
+PLAIN_CLIENT = "no coding asked (curl)"
 WAN_METADATA = {
-    "no coding asked (curl)": {"Accept": data.METADATA_ACCEPT},
+    PLAIN_CLIENT: {"Accept": data.METADATA_ACCEPT},
     "gzip asked (Chromium)": clients.OHIF_METADATA,
 }
-
-
-# The study metadata rows run on both: the rows above on the first.
+# The links the study metadata rows are measured on; the WAN loads above use the first.
 LINKS = ("delay + rate", "delay + rate + TCP slow start")
 
 
@@ -371,13 +364,12 @@ def _metadata_slow_start(
 ) -> dict[str, dict[str, float]]:
     """The same rows over a link that also keeps each connection's congestion window
     (``bench.wan --slow-start``): a large answer then costs round trips, as on a WAN."""
-    link = servers.wan(orthanc.port, slow_start=True)
-    proxy = Proxy(link.url + "/dicom-web")
-    try:
+    with contextlib.ExitStack() as started:
+        link = servers.wan(orthanc.port, slow_start=True)
+        started.callback(link.stop)
+        proxy = Proxy(link.url + "/dicom-web")
+        started.callback(proxy.stop)
         return _section_metadata(plan, link.url + "/dicom-web", proxy, study, log)
-    finally:
-        proxy.stop()
-        link.stop()
 
 
 def _section_metadata(
