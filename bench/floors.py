@@ -36,9 +36,9 @@ class HitFloor(asyncio.Protocol):
     """Every request head, however it arrives, is answered with one head and one file."""
 
     def __init__(self, body: Path, head: bytes) -> None:
-        self.body, self.head, self.size = body, head, body.stat().st_size
+        self.body, self.head, self.size = str(body), head, body.stat().st_size
         self.pending = b""
-        self.sending: asyncio.Task[int] | None = None
+        self.sending: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -52,7 +52,7 @@ class HitFloor(asyncio.Protocol):
             self.answer()
 
     def answer(self) -> None:
-        os.write(self.fd, self.head)
+        os.write(self.fd, self.head)  # a few hundred bytes, after the last answer went out
         file, sent = os.open(self.body, os.O_RDONLY), 0
         try:
             while sent < self.size:
@@ -63,15 +63,18 @@ class HitFloor(asyncio.Protocol):
         finally:
             os.close(file)
 
-    async def _send_rest(self, offset: int) -> int:
-        with open(self.body, "rb") as file:
-            sent = await asyncio.get_running_loop().sendfile(
-                self.transport, file, offset, self.size - offset
-            )
+    async def _send_rest(self, offset: int) -> None:
+        try:
+            with open(self.body, "rb") as file:
+                await asyncio.get_running_loop().sendfile(
+                    self.transport, file, offset, self.size - offset
+                )
+        except (ConnectionError, OSError, RuntimeError):  # the client went away
+            self.transport.abort()
+            return
         self.sending = None
         self.transport.resume_reading()
         self.data_received(b"")
-        return sent
 
 
 def hit_files(url: str, headers: Mapping[str, str], directory: Path) -> tuple[Path, Path]:
@@ -93,16 +96,19 @@ async def serve_hits(port: int, body: Path, head: bytes) -> None:
         await server.serve_forever()
 
 
-def relay_app(upstream: str) -> web.Application:
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+def relay_app(origin: str) -> web.Application:
     async def session(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0)
-        app["session"] = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        app[SESSION] = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         yield
-        await app["session"].close()
+        await app[SESSION].close()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         headers = {"Accept": request.headers.get("Accept", "*/*"), "Accept-Encoding": "identity"}
-        async with request.app["session"].get(upstream + request.path_qs, headers=headers) as got:
+        async with request.app[SESSION].get(origin + request.path_qs, headers=headers) as got:
             response = web.StreamResponse(status=got.status)
             for name in ("Content-Type", "Content-Length"):
                 if name in got.headers:
