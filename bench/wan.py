@@ -89,19 +89,24 @@ async def _read_side(
     queue: asyncio.Queue[tuple[float, bytes]],
     window: Window | None,
 ) -> None:
-    while chunk := await reader.read(CHUNK if window is None else await _allowed(window)):
-        arrives = link.departure(len(chunk))
-        if window is not None:
-            window.sent(len(chunk), arrives)
-        await queue.put((arrives, chunk))
+    while chunk := await reader.read(CHUNK):
+        if window is None:
+            await queue.put((link.departure(len(chunk)), chunk))
+            continue
+        while chunk:  # the window is judged when the bytes are there: an idle restarts it
+            room = await _allowed(window)
+            piece, chunk = chunk[:room], chunk[room:]
+            arrives = link.departure(len(piece))
+            window.sent(len(piece), arrives)
+            await queue.put((arrives, piece))
     await queue.put((link.departure(0), b""))
 
 
 async def _allowed(window: Window) -> int:
-    """Wait until the window lets some bytes leave; how many (at most a chunk)."""
+    """Wait until the window lets some bytes leave; how many."""
     while (room := window.open(time.monotonic())) <= 0:
         await asyncio.sleep(max(0.0, window.next_ack() - time.monotonic()))
-    return min(room, CHUNK)
+    return room
 
 
 async def _write_side(

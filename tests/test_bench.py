@@ -57,7 +57,8 @@ async def test_slow_start_makes_a_large_answer_cost_round_trips() -> None:
     """300 kB from a window of 14.6 kB doubling per 40 ms round trip: 14.6 + 29.2 + ...
     reaches 300 kB in the 5th round trip, so at least 4 round trips after the first byte
     (rate high enough not to matter); a second answer on the same connection, sent
-    without an idle, has the grown window and needs none."""
+    without an idle, has the grown window and needs none; a third, after an idle longer
+    than the retransmission timeout (200 ms), starts over."""
     payload = os.urandom(300_000)
 
     async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -74,7 +75,8 @@ async def test_slow_start_makes_a_large_answer_cost_round_trips() -> None:
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         times = []
-        for _ in range(2):
+        for pause in (0.0, 0.0, 0.3):
+            await asyncio.sleep(pause)
             writer.write(b"ping")
             await reader.readexactly(1)
             began = time.monotonic()
@@ -86,6 +88,7 @@ async def test_slow_start_makes_a_large_answer_cost_round_trips() -> None:
         server.close()
     assert times[0] >= 4 * 0.040
     assert times[1] < times[0] / 2
+    assert times[2] >= 4 * 0.040
 
 
 def test_window_restarts_after_an_idle_longer_than_the_rto() -> None:
