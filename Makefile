@@ -40,7 +40,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-# The side-by-side benchmark of SPEC section 8 (about 10 minutes; BENCH_ARGS=--quick: 2).
+# The side-by-side benchmark of SPEC section 8 (about 12 minutes; BENCH_ARGS=--quick: 1).
 bench: bench-packages $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
